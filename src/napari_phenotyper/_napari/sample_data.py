@@ -1,0 +1,23 @@
+"""napari sample-data contributions (layer data tuples; nothing imported from napari)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..samples import human_mitosis, nuclei_2d
+
+__all__ = ["nuclei_sample", "mitosis_sample"]
+
+
+def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
+    """Fluorescent nuclei with their hand-annotated ground truth (offline)."""
+    image, mask = nuclei_2d()
+    return [
+        (image, {"name": "nuclei", "colormap": "gray", "metadata": {"sample": "stardist test_image_nuclei_2d"}}, "image"),
+        (mask, {"name": "nuclei ground truth", "opacity": 0.4, "visible": False}, "labels"),
+    ]
+
+
+def mitosis_sample() -> list[tuple[Any, dict[str, Any], str]]:
+    """scikit-image's human mitosis nuclei (downloaded once, then cached)."""
+    return [(human_mitosis(), {"name": "human mitosis", "colormap": "gray"}, "image")]

@@ -1,0 +1,132 @@
+"""Run core progress generators in napari thread workers.
+
+The GUI thread only receives signals: progress records, the result, or an error.
+Cancelling asks the generator to stop at its next ``yield``; nothing it produced
+is applied, so the previous result stays intact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..core.pipeline import MeasureParams, SegmentResult, iter_segment_and_measure, select_channel
+from ..core.progress import Progress
+
+__all__ = ["start_job", "user_message", "SegmentRequest", "segment_job"]
+
+logger = logging.getLogger(__name__)
+
+
+def user_message(exc: BaseException) -> str:
+    """The text shown to the user for a failed job.
+
+    Our own validation errors (``ValueError``, ``ImportError``, ``KeyError``...) already
+    say what to do; anything else is reported with its type so it can be searched for.
+    """
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, ValueError | ImportError | FileNotFoundError | MemoryError | TypeError):
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            text = "Out of memory. Try a smaller image, fewer feature groups, or close other layers."
+        return text
+    return f"{type(exc).__name__}: {exc}"
+
+
+def start_job(
+    gen_func: Callable[..., Generator[Progress, None, Any]],
+    *args: Any,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_returned: Callable[[Any], None] | None = None,
+    on_errored: Callable[[BaseException], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    on_aborted: Callable[[], None] | None = None,
+    title: str = "Job",
+    **kwargs: Any,
+) -> GeneratorWorker:
+    """Start ``gen_func(*args, **kwargs)`` in a thread worker and wire its signals.
+
+    Parameters
+    ----------
+    gen_func : callable
+        A core generator function yielding :class:`Progress` and returning a result.
+    on_progress, on_returned, on_finished, on_aborted : callable, optional
+        Called in the GUI thread.
+    on_errored : callable, optional
+        Called with the exception; by default the error is shown as a napari
+        notification with :func:`user_message`.
+    title : str
+        Name of the job in log and notification messages.
+
+    Returns
+    -------
+    GeneratorWorker
+        Call ``worker.quit()`` to cancel at the next yield.
+    """
+    worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+    if not isinstance(worker, GeneratorWorker):  # pragma: no cover - programming error
+        raise TypeError(f"{gen_func!r} is not a generator function")
+
+    if on_progress is not None:
+        worker.yielded.connect(lambda p: on_progress(p) if isinstance(p, Progress) else None)
+    if on_returned is not None:
+        worker.returned.connect(on_returned)
+
+    def _errored(exc: BaseException) -> None:
+        logger.error("%s failed", title, exc_info=(type(exc), exc, exc.__traceback__))
+        if on_errored is not None:
+            on_errored(exc)
+        else:
+            show_error(f"{title} failed: {user_message(exc)}")
+
+    worker.errored.connect(_errored)
+    if on_aborted is not None:
+        worker.aborted.connect(on_aborted)
+    else:
+        worker.aborted.connect(lambda: show_info(f"{title} cancelled; previous results were kept."))
+    if on_finished is not None:
+        worker.finished.connect(on_finished)
+    worker.start()
+    return worker
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """Everything one "Segment & measure" run needs, read from the widget's controls."""
+
+    image: Any  # array-like (numpy, dask, zarr); loaded in the worker thread
+    rgb: bool
+    segmenter: str
+    params: Any
+    channel: int | None
+    intensities: tuple[tuple[str, Any, bool], ...]  # (name, data, rgb)
+    measure: MeasureParams
+
+
+def _as_plane_array(data: Any, rgb: bool) -> np.ndarray:
+    arr = np.asarray(data)
+    return select_channel(arr, -1, None) if rgb else arr
+
+
+def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentResult]:
+    """Load the request's arrays in this (worker) thread, then run the core pipeline."""
+    yield Progress(0, 1, "Loading image")
+    image = np.asarray(request.image)
+    intensities = {name: _as_plane_array(data, rgb) for name, data, rgb in request.intensities} or None
+    result = yield from iter_segment_and_measure(
+        image,
+        request.segmenter,
+        request.params,
+        channel_axis=-1 if request.rgb else None,
+        channel=request.channel,
+        intensities=intensities,
+        measure=request.measure,
+    )
+    return result

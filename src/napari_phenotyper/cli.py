@@ -1,0 +1,264 @@
+"""Command line: the same pipeline as the napari widgets, headless.
+
+    napari-phenotyper segment IMAGES... --out DIR       segment + measure, write labels and a CSV
+    napari-phenotyper segment --sample nuclei --out DIR  the built-in sample (with ground truth)
+    napari-phenotyper evaluate --images DIR --masks DIR  accuracy against instance masks
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+class CLIError(Exception):
+    """A user error: printed without a traceback, exit status 2."""
+
+
+def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
+            if not found:
+                raise CLIError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}.")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item) if Path(m).is_file())
+            if not matches:
+                raise CLIError(f"No such file, folder or pattern: {item}")
+            paths.extend(matches)
+    return paths
+
+
+def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise CLIError(f"--param expects KEY=VALUE, got {pair!r}.")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+class _Bar:
+    """A tqdm bar on stderr fed with core Progress records; ``base`` is the item index."""
+
+    scale = 1000
+
+    def __init__(self, total: int, quiet: bool, unit: str = "images") -> None:
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, file=sys.stderr, dynamic_ncols=True, unit=unit,
+                            bar_format="{l_bar}{bar}| {n:.1f}/{total} " + unit + " [{elapsed}<{remaining}] {postfix}")
+
+    def update(self, p: Any, base: int = 0) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = min(self.bar.total, base + p.fraction)
+        if p.message:
+            self.bar.set_postfix_str(p.message[:50], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def _progress_bar(total: int, quiet: bool) -> Iterator[_Bar]:
+    bar = _Bar(total, quiet)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _segment_params(segmenter_name: str, args: argparse.Namespace, image: np.ndarray | None = None) -> Any:
+    from .core.params import params_from_mapping
+    from .core.segment import get_segmenter
+
+    seg = get_segmenter(segmenter_name)
+    values: dict[str, Any] = _parse_params(args.param)
+    if args.diameter is not None:
+        if args.diameter == "auto":
+            if image is not None and hasattr(seg, "estimate_diameter"):
+                values["diameter"] = float(seg.estimate_diameter(image))
+        else:
+            try:
+                values["diameter"] = float(args.diameter)
+            except ValueError:
+                raise CLIError(f"--diameter must be a number of pixels or 'auto', not {args.diameter!r}.") from None
+    try:
+        return params_from_mapping(seg.params_type, values)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from . import samples
+    from .core.evaluate import average_precision
+    from .core.pipeline import MeasureParams, iter_segment_and_measure
+    from .core.progress import sub_progress, run
+    from .io.export import table_for_export, write_labels_tiff, write_table_csv
+    from .io.images import read_image, to_grayscale
+
+    if not args.inputs and not args.sample:
+        raise CLIError("Give image files/folders, or --sample NAME to run on a built-in sample.")
+    jobs: list[tuple[str, Callable[[], np.ndarray], np.ndarray | None]] = []
+    if args.sample:
+        loader = samples.SAMPLES.get(args.sample)
+        if loader is None:
+            raise CLIError(f"Unknown sample {args.sample!r}; choose one of {', '.join(samples.SAMPLES)}.")
+        try:
+            data = loader()
+        except samples.SampleUnavailable as exc:
+            raise CLIError(str(exc)) from None
+        image, truth = data if isinstance(data, tuple) else (data, None)
+        jobs.append((f"sample_{args.sample}", lambda image=image: image, truth))
+    for path in _expand_inputs(args.inputs):
+        jobs.append((path.stem, lambda path=path: read_image(path), None))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = tuple(g.strip() for g in args.features.split(",")) if args.features != "all" else None
+    try:
+        measure = MeasureParams(groups=groups) if groups else MeasureParams()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+    tables, failures, scores = [], [], []
+    t0 = time.perf_counter()
+    with _progress_bar(len(jobs), args.quiet) as bar:
+        for i, (name, load, truth) in enumerate(jobs):
+            try:
+                image = to_grayscale(load(), args.channel)
+                params = _segment_params(args.segmenter, args, image)
+                gen = sub_progress(
+                    iter_segment_and_measure(image, args.segmenter, params, measure=measure), 0, 1, f"{name}: "
+                )
+                result = run(gen, lambda p, i=i: bar.update(p, base=i))
+            except CLIError:
+                raise
+            except Exception as exc:  # one bad image must not stop the run
+                failures.append((name, f"{type(exc).__name__}: {exc}"))
+                continue
+            if not args.no_labels:
+                write_labels_tiff(result.labels, out / f"{name}_labels.tif")
+            tables.append(table_for_export(result.features, name))
+            line = f"{name}: {len(result.features)} cells ({result.provenance['device']}, {result.provenance['segment_seconds']:.2f} s segment, {result.provenance['measure_seconds']:.2f} s measure)"
+            if truth is not None:
+                ap = average_precision(truth, result.labels)
+                scores.append(ap)
+                line += f"; vs ground truth AP@0.5={ap['ap50']:.3f} AP@0.5:0.95={ap['ap50_95']:.3f}"
+            print(line, flush=True)
+    for name, err in failures:
+        print(f"FAILED {name}: {err}", file=sys.stderr)
+    if tables:
+        table = pd.concat(tables, ignore_index=True)
+        csv = write_table_csv(table, out / "cells.csv")
+        print(f"Wrote {len(table)} cells from {len(tables)} image(s) to {csv}")
+    n_cells = sum(len(t) for t in tables)
+    result_line = f"RESULT n_images={len(tables)} n_failed={len(failures)} n_cells={n_cells} seconds={time.perf_counter() - t0:.2f}"
+    if scores:
+        result_line += f" ap50={np.mean([s['ap50'] for s in scores]):.4f} ap50_95={np.mean([s['ap50_95'] for s in scores]):.4f}"
+    print(result_line)
+    return 0 if tables else 1
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .core.evaluate import iter_evaluate_folder, summarize
+    from .core.progress import run
+
+    images, masks = Path(args.images), Path(args.masks)
+    for p, what in ((images, "--images"), (masks, "--masks")):
+        if not p.is_dir():
+            raise CLIError(f"{what} {p} is not a folder.")
+    params = _segment_params(args.segmenter, args) if args.diameter != "auto" else None
+    kwargs: dict[str, Any] = {"segmenter_name": args.segmenter, "params": params, "channel": args.channel}
+    if args.diameter == "auto":
+        kwargs["params"] = _segment_params(args.segmenter, argparse.Namespace(**{**vars(args), "diameter": None}))
+        kwargs["auto_diameter"] = True
+    with _progress_bar(1, args.quiet) as bar:
+        try:
+            df = run(iter_evaluate_folder(images, masks, **kwargs), bar.update)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CLIError(str(exc)) from None
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.width", 160):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    s = summarize(df)
+    print(f"RESULT ap50={s['ap50']:.4f} ap50_95={s['ap50_95']:.4f} n_images={s['n_images']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="napari-phenotyper", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_segmenter_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--segmenter", default="classical", help="registered segmenter name (default: classical)")
+        p.add_argument("--diameter", default=None, help="expected object diameter in pixels, or 'auto' to estimate it per image")
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any segmenter parameter, e.g. --param threshold_method=li (repeatable)")
+        p.add_argument("--channel", type=int, default=None, help="channel to segment in a multi-channel image (default: luminance / mean)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    seg = sub.add_parser("segment", help="segment and measure images; write label TIFFs and a per-cell CSV")
+    seg.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
+    seg.add_argument("--sample", default=None, help="run on a built-in sample instead: nuclei (offline, with ground truth) or mitosis (downloaded)")
+    seg.add_argument("--out", required=True, help="output folder (created if needed)")
+    seg.add_argument("--features", default="all", help="comma-separated feature groups: shape,intensity,texture,neighbors (default: all)")
+    seg.add_argument("--no-labels", action="store_true", help="do not write label TIFFs")
+    add_segmenter_args(seg)
+    seg.set_defaults(func=_cmd_segment)
+
+    ev = sub.add_parser("evaluate", help="segment images and score them against instance masks (AP@0.5, AP@0.5:0.95)")
+    ev.add_argument("--images", required=True, help="folder of images")
+    ev.add_argument("--masks", required=True, help="folder of label masks, matched to images by file stem")
+    add_segmenter_args(ev)
+    ev.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-phenotyper`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (CLIError, KeyError, ImportError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"napari-phenotyper: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
