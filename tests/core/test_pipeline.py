@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_phenotyper.core.pipeline import MeasureParams, iter_measure, iter_segment_and_measure, select_channel
+from napari_phenotyper.core.pipeline import (
+    MeasureParams,
+    iter_measure,
+    iter_segment_and_measure,
+    select_channel,
+)
 from napari_phenotyper.core.progress import run
 from napari_phenotyper.core.segment import SegmentationError
 from napari_phenotyper.core.segment.classical import ClassicalParams
@@ -70,3 +75,10 @@ def test_select_channel():
 def test_unknown_segmenter_is_a_clear_error():
     with pytest.raises(KeyError, match="choose one of classical"):
         run(iter_segment_and_measure(nuclei(), "no-such-thing"))
+
+
+def test_empty_stack_has_typed_columns():
+    labels = np.zeros((0, 8, 8), np.uint32)
+    df = run(iter_measure(labels, {"dapi": np.zeros((0, 8, 8))}))
+    assert len(df) == 0 and list(df.columns[:2]) == ["label", "axis0"]
+    assert df["label"].dtype == np.int64 and df["area"].dtype == np.float64

@@ -12,27 +12,27 @@ import platform
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .features import FEATURE_GROUPS, feature_columns, iter_features
+from .features import FEATURE_GROUPS, iter_features
 from .progress import Progress, sub_progress
 from .segment import get_segmenter
 from .segment.base import SegmentationError
 
 __all__ = [
+    "PLANE_PREFIX",
     "MeasureParams",
     "SegmentResult",
-    "iter_segment",
     "iter_measure",
+    "iter_segment",
     "iter_segment_and_measure",
-    "select_channel",
     "package_versions",
-    "PLANE_PREFIX",
+    "select_channel",
 ]
 
 #: Prefix of the columns that index the plane (time point, z slice...) of a cell in
@@ -137,7 +137,7 @@ def iter_segment(image: np.ndarray, segmenter: str = "classical", params: Any = 
         "params": dataclasses.asdict(params),
         "device": seg.device(params),
         "segment_seconds": round(time.perf_counter() - t0, 3),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
     }
     return labels, provenance
@@ -185,7 +185,7 @@ def iter_measure(
                 f"Intensity channel {name!r} has shape {img.shape} but the labels have shape "
                 f"{labels.shape}; measure on an image of the same size as the segmentation."
             )
-    kwargs = dict(groups=params.groups, texture_levels=params.texture_levels)
+    kwargs = {"groups": params.groups, "texture_levels": params.texture_levels}
     if labels.ndim == spatial_ndim:
         return (yield from iter_features(labels, channels or None, **kwargs))
     lead = labels.shape[:-spatial_ndim]
@@ -199,9 +199,11 @@ def iter_measure(
         for ax, value in reversed(list(enumerate(idx))):
             df.insert(1, f"{PLANE_PREFIX}{ax}", np.full(len(df), value, dtype=np.int64))
         tables.append(df)
-    if not tables:  # zero-length leading axis
-        cols = feature_columns(list(channels), params.groups)
-        return pd.DataFrame(columns=cols)
+    if not tables:  # a zero-length leading axis: an empty table with the usual columns and dtypes
+        empty = yield from iter_features(np.zeros((1, 1), np.uint32), {k: np.zeros((1, 1)) for k in channels} or None, **kwargs)
+        for ax in reversed(range(len(lead))):
+            empty.insert(1, f"{PLANE_PREFIX}{ax}", np.zeros(0, dtype=np.int64))
+        return empty
     out = pd.concat(tables, ignore_index=True)
     return out.sort_values("label", kind="stable").reset_index(drop=True)
 
@@ -243,6 +245,6 @@ def iter_segment_and_measure(
     provenance["measure_seconds"] = round(time.perf_counter() - t0, 3)
     provenance["channel_axis"] = channel_axis
     provenance["channel"] = channel
-    provenance["n_cells"] = int(len(features))
+    provenance["n_cells"] = len(features)
     yield Progress(2000, 2000, f"Done: {len(features)} cells")
     return SegmentResult(labels, features, provenance)
