@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
@@ -92,21 +92,34 @@ def _progress_bar(total: int, quiet: bool) -> Iterator[_Bar]:
         bar.close()
 
 
+def _diameter_arg(value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        d = float(value)
+    except ValueError:
+        raise CLIError(f"--diameter must be a number of pixels or 'auto', not {value!r}.") from None
+    if d <= 0:
+        raise CLIError("--diameter must be positive.")
+    return d
+
+
 def _segment_params(segmenter_name: str, args: argparse.Namespace, image: np.ndarray | None = None) -> Any:
+    """The segmenter's parameters from ``--param`` and ``--diameter`` (``auto``: estimated on ``image``)."""
     from .core.params import params_from_mapping
     from .core.segment import get_segmenter
 
     seg = get_segmenter(segmenter_name)
     values: dict[str, Any] = _parse_params(args.param)
-    if args.diameter is not None:
-        if args.diameter == "auto":
-            if image is not None and hasattr(seg, "estimate_diameter"):
-                values["diameter"] = float(seg.estimate_diameter(image))
-        else:
-            try:
-                values["diameter"] = float(args.diameter)
-            except ValueError:
-                raise CLIError(f"--diameter must be a number of pixels or 'auto', not {args.diameter!r}.") from None
+    diameter = _diameter_arg(args.diameter)
+    has_diameter = any(f == "diameter" for f in getattr(seg.params_type, "__dataclass_fields__", {}))
+    if diameter == "auto" and has_diameter and "diameter" not in values and image is not None:
+        if hasattr(seg, "estimate_diameter"):
+            values["diameter"] = float(seg.estimate_diameter(image))
+    elif isinstance(diameter, float):
+        if not has_diameter:
+            raise CLIError(f"The {segmenter_name} segmenter has no diameter parameter.")
+        values["diameter"] = diameter
     try:
         return params_from_mapping(seg.params_type, values)
     except ValueError as exc:
@@ -119,12 +132,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from . import samples
     from .core.evaluate import average_precision
     from .core.pipeline import MeasureParams, iter_segment_and_measure
-    from .core.progress import sub_progress, run
+    from .core.progress import run, sub_progress
     from .io.export import table_for_export, write_labels_tiff, write_table_csv
     from .io.images import read_image, to_grayscale
 
     if not args.inputs and not args.sample:
         raise CLIError("Give image files/folders, or --sample NAME to run on a built-in sample.")
+    _segment_params(args.segmenter, args)  # unknown segmenter or parameter: fail before any work
     jobs: list[tuple[str, Callable[[], np.ndarray], np.ndarray | None]] = []
     if args.sample:
         loader = samples.SAMPLES.get(args.sample)
@@ -194,11 +208,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for p, what in ((images, "--images"), (masks, "--masks")):
         if not p.is_dir():
             raise CLIError(f"{what} {p} is not a folder.")
-    params = _segment_params(args.segmenter, args) if args.diameter != "auto" else None
-    kwargs: dict[str, Any] = {"segmenter_name": args.segmenter, "params": params, "channel": args.channel}
-    if args.diameter == "auto":
-        kwargs["params"] = _segment_params(args.segmenter, argparse.Namespace(**{**vars(args), "diameter": None}))
-        kwargs["auto_diameter"] = True
+    diameter = _diameter_arg(args.diameter)
+    params = _segment_params(args.segmenter, argparse.Namespace(**{**vars(args), "diameter": None}))
+    kwargs: dict[str, Any] = {"segmenter_name": args.segmenter, "params": params, "channel": args.channel,
+                              "diameter": diameter}
     with _progress_bar(1, args.quiet) as bar:
         try:
             df = run(iter_evaluate_folder(images, masks, **kwargs), bar.update)
@@ -223,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_segmenter_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--segmenter", default="classical", help="registered segmenter name (default: classical)")
-        p.add_argument("--diameter", default=None, help="expected object diameter in pixels, or 'auto' to estimate it per image")
+        p.add_argument("--diameter", default="auto",
+                       help="expected object diameter in pixels, or 'auto' (default) to estimate it per image")
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any segmenter parameter, e.g. --param threshold_method=li (repeatable)")
         p.add_argument("--channel", type=int, default=None, help="channel to segment in a multi-channel image (default: luminance / mean)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")

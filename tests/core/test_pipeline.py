@@ -28,7 +28,7 @@ def test_segment_and_measure_2d():
     assert list(res.features["label"]) == [1, 2, 3]
     assert res.features.columns[0] == "label"
     np.testing.assert_allclose(res.features["area"], np.pi * 10**2, rtol=0.15)
-    assert "mean_intensity_intensity" in res.features.columns
+    assert "mean_intensity_image" in res.features.columns
     prov = res.provenance
     assert prov["backend"] == "classical" and prov["device"] == "CPU" and prov["n_cells"] == 3
     assert prov["params"]["diameter"] == 20
@@ -82,3 +82,12 @@ def test_empty_stack_has_typed_columns():
     df = run(iter_measure(labels, {"dapi": np.zeros((0, 8, 8))}))
     assert len(df) == 0 and list(df.columns[:2]) == ["label", "axis0"]
     assert df["label"].dtype == np.int64 and df["area"].dtype == np.float64
+
+
+def test_channel_names_are_column_safe():
+    labels = np.zeros((8, 8), np.uint32)
+    labels[2:5, 2:5] = 1
+    df = run(iter_measure(labels, {"DAPI (405 nm)": np.ones((8, 8))}, MeasureParams(groups=("intensity",))))
+    assert "mean_intensity_DAPI_405_nm" in df.columns
+    with pytest.raises(ValueError, match="both named 'a_b'"):
+        run(iter_measure(labels, {"a b": np.ones((8, 8)), "a-b": np.ones((8, 8))}))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Layer
 
-__all__ = ["META_KEY", "find_result_layer", "upsert_labels", "features_for_layer", "table_of", "source_of"]
+__all__ = ["META_KEY", "features_for_layer", "find_result_layer", "source_of", "table_of", "upsert_labels"]
 
 #: Key of our provenance in ``layer.metadata``.
 META_KEY = "napari_phenotyper"
@@ -66,7 +66,7 @@ def upsert_labels(
         **provenance,
         "source_layer": source.name,
         "source_layer_id": str(source.unique_id),
-        "source_path": str(getattr(source, "source", None) and source.source.path or "") or None,
+        "source_path": str((getattr(source, "source", None) and source.source.path) or "") or None,
     }
     layer = find_result_layer(viewer, source)
     if layer is None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..samples import human_mitosis, nuclei_2d
 
-__all__ = ["nuclei_sample", "mitosis_sample"]
+__all__ = ["mitosis_sample", "nuclei_sample"]
 
 
 def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:

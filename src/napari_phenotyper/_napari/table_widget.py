@@ -11,7 +11,16 @@ from magicgui.widgets import ComboBox
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
-from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHBoxLayout, QLabel, QPushButton, QTableView, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..io.export import write_table_csv
 from .layers import source_of, table_of
@@ -19,7 +28,7 @@ from .layers import source_of, table_of
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["FeatureTableWidget", "DataFrameModel"]
+__all__ = ["DataFrameModel", "FeatureTableWidget"]
 
 
 def camera(viewer: Any) -> Any:
@@ -99,6 +108,7 @@ class FeatureTableWidget(QWidget):
         self.view = QTableView(self)
         self.view.setModel(self.proxy)
         self.view.setSortingEnabled(True)
+        self.view.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # by label until the user sorts
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)

@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error, show_info
 from ..core.pipeline import MeasureParams, SegmentResult, iter_segment_and_measure, select_channel
 from ..core.progress import Progress
 
-__all__ = ["start_job", "user_message", "SegmentRequest", "segment_job"]
+__all__ = ["SegmentRequest", "segment_job", "start_job", "user_message"]
 
 logger = logging.getLogger(__name__)
 

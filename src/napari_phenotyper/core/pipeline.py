@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,16 @@ __all__ = [
 #: Prefix of the columns that index the plane (time point, z slice...) of a cell in
 #: an image with extra leading axes: ``axis0``, ``axis1``...
 PLANE_PREFIX = "axis"
+
+#: Channel name of the segmented image when no other intensity channels are given, so
+#: that every image of a run gets the same columns (``mean_intensity_image``...).
+DEFAULT_CHANNEL = "image"
+
+
+def channel_name(name: str) -> str:
+    """A column-safe channel name: spaces and punctuation become ``_``."""
+    cleaned = re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_")
+    return cleaned or DEFAULT_CHANNEL
 
 
 @dataclass(frozen=True)
@@ -147,8 +158,14 @@ def _channel_dict(intensities: np.ndarray | Mapping[str, np.ndarray] | None) -> 
     if intensities is None:
         return {}
     if isinstance(intensities, Mapping):
-        return {str(k): np.asarray(v) for k, v in intensities.items()}
-    return {"intensity": np.asarray(intensities)}
+        out: dict[str, np.ndarray] = {}
+        for k, v in intensities.items():
+            name = channel_name(k)
+            if name in out:
+                raise ValueError(f"Two intensity channels are both named {name!r}; rename one of the layers.")
+            out[name] = np.asarray(v)
+        return out
+    return {DEFAULT_CHANNEL: np.asarray(intensities)}
 
 
 def iter_measure(
@@ -185,7 +202,7 @@ def iter_measure(
                 f"Intensity channel {name!r} has shape {img.shape} but the labels have shape "
                 f"{labels.shape}; measure on an image of the same size as the segmentation."
             )
-    kwargs = {"groups": params.groups, "texture_levels": params.texture_levels}
+    kwargs: dict[str, Any] = {"groups": params.groups, "texture_levels": params.texture_levels}
     if labels.ndim == spatial_ndim:
         return (yield from iter_features(labels, channels or None, **kwargs))
     lead = labels.shape[:-spatial_ndim]
@@ -238,7 +255,7 @@ def iter_segment_and_measure(
     plane = select_channel(image, channel_axis, channel)
     labels, provenance = yield from sub_progress(iter_segment(plane, segmenter, params), 0, 2, "Segment: ")
     if intensities is None:
-        intensities = {"intensity": plane}
+        intensities = {DEFAULT_CHANNEL: plane}
     t0 = time.perf_counter()
     features = yield from sub_progress(iter_measure(labels, intensities, measure), 1, 2, "Measure: ")
     provenance["measure"] = dataclasses.asdict(measure or MeasureParams())
