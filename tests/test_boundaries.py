@@ -14,7 +14,7 @@ for pkg in (napari_phenotyper.core, napari_phenotyper.io):
 import napari_phenotyper.cli, napari_phenotyper.samples
 bad = sorted({m.split(".")[0] for m in sys.modules} & set(%r))
 print(",".join(bad))
-""" % (FORBIDDEN,)
+""".replace("%r", repr(FORBIDDEN))
 
 
 def test_core_io_cli_import_no_gui_modules():

@@ -9,7 +9,7 @@ import importlib.util
 
 import numpy as np
 
-__all__ = ["SampleUnavailable", "nuclei_2d", "human_mitosis", "SAMPLES"]
+__all__ = ["SAMPLES", "SampleUnavailable", "human_mitosis", "nuclei_2d"]
 
 
 class SampleUnavailable(RuntimeError):

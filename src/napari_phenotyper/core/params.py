@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["field_specs", "FieldSpec", "params_from_mapping"]
+__all__ = ["FieldSpec", "field_specs", "params_from_mapping"]
 
 
 @dataclasses.dataclass(frozen=True)

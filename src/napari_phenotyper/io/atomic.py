@@ -8,7 +8,6 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_with"]
 

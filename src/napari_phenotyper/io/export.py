@@ -10,7 +10,7 @@ import pandas as pd
 
 from .atomic import atomic_write_with
 
-__all__ = ["table_for_export", "write_table_csv", "read_table_csv", "write_labels_tiff"]
+__all__ = ["read_table_csv", "table_for_export", "write_labels_tiff", "write_table_csv"]
 
 
 def table_for_export(features: pd.DataFrame, image_name: str | None = None) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..progress import Progress
 
-__all__ = ["Segmenter", "SegmentationError", "planewise", "as_label_image", "check_image"]
+__all__ = ["SegmentationError", "Segmenter", "as_label_image", "check_image", "planewise"]
 
 
 class SegmentationError(ValueError):

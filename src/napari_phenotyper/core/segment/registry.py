@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from .base import Segmenter
 
-__all__ = ["SegmenterSpec", "available", "get_segmenter", "segmenter_names", "BUILTIN"]
+__all__ = ["BUILTIN", "SegmenterSpec", "available", "get_segmenter", "segmenter_names"]
 
 
 @dataclass(frozen=True)
