@@ -22,5 +22,7 @@ def shared_data() -> Path:
     """The real annotated microscopy data (skips the test when it is absent)."""
     path = shared_data_dir()
     if path is None:
-        pytest.skip("real test data not found: set NAPARI_PHENOTYPER_TEST_DATA or put shared/data beside the repo")
+        pytest.skip(
+            "real test data not found: set NAPARI_PHENOTYPER_TEST_DATA or put shared/data beside the repo"
+        )
     return path

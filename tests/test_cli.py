@@ -20,7 +20,21 @@ def _write_images(folder, n=2):
 
 
 def test_segment_sample_writes_labels_and_csv(tmp_path, capsys):
-    assert main(["segment", "--sample", "nuclei", "--out", str(tmp_path), "--quiet", "--features", "shape,intensity"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "--sample",
+                "nuclei",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+                "--features",
+                "shape,intensity",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
     assert last.startswith("RESULT ") and "ap50=" in last
@@ -65,7 +79,9 @@ def test_evaluate_command(tmp_path, capsys):
         for k, c in enumerate([(25, 25), (70, 60)][: i + 1]):
             m[disk(c, 9, shape=m.shape)] = k + 1
         tifffile.imwrite(masks / f"img{i}.tif", m)
-    assert main(["evaluate", "--images", str(images), "--masks", str(masks), "--diameter", "18", "--quiet"]) == 0
+    assert (
+        main(["evaluate", "--images", str(images), "--masks", str(masks), "--diameter", "18", "--quiet"]) == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("RESULT ap50=1.0000") and last.endswith("n_images=2")
 

@@ -19,8 +19,12 @@ def _tool(name):
 
 
 def test_ruff_clean():
-    out = subprocess.run([_tool("ruff"), "check", "--output-format", "concise", "src", "tests", "benchmarks", "docs"],
-                         cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [_tool("ruff"), "check", "--output-format", "concise", "src", "tests", "benchmarks", "docs"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -1,8 +1,8 @@
 """Command line: the same pipeline as the napari widgets, headless.
 
-    napari-phenotyper segment IMAGES... --out DIR       segment + measure, write labels and a CSV
-    napari-phenotyper segment --sample nuclei --out DIR  the built-in sample (with ground truth)
-    napari-phenotyper evaluate --images DIR --masks DIR  accuracy against instance masks
+napari-phenotyper segment IMAGES... --out DIR       segment + measure, write labels and a CSV
+napari-phenotyper segment --sample nuclei --out DIR  the built-in sample (with ground truth)
+napari-phenotyper evaluate --images DIR --masks DIR  accuracy against instance masks
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
+            found = sorted(
+                q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".")
+            )
             if not found:
                 raise CLIError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}.")
             paths.extend(found)
@@ -67,8 +69,13 @@ class _Bar:
         if not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, file=sys.stderr, dynamic_ncols=True, unit=unit,
-                            bar_format="{l_bar}{bar}| {n:.1f}/{total} " + unit + " [{elapsed}<{remaining}] {postfix}")
+            self.bar = tqdm(
+                total=total,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                unit=unit,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total} " + unit + " [{elapsed}<{remaining}] {postfix}",
+            )
 
     def update(self, p: Any, base: int = 0) -> None:
         if self.bar is None:
@@ -169,7 +176,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 image = to_grayscale(load(), args.channel)
                 params = _segment_params(args.segmenter, args, image)
                 gen = sub_progress(
-                    iter_segment_and_measure(image, args.segmenter, params, measure=measure), 0, 1, f"{name}: "
+                    iter_segment_and_measure(image, args.segmenter, params, measure=measure),
+                    0,
+                    1,
+                    f"{name}: ",
                 )
                 result = run(gen, lambda p, i=i: bar.update(p, base=i))
             except CLIError:
@@ -210,8 +220,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise CLIError(f"{what} {p} is not a folder.")
     diameter = _diameter_arg(args.diameter)
     params = _segment_params(args.segmenter, argparse.Namespace(**{**vars(args), "diameter": None}))
-    kwargs: dict[str, Any] = {"segmenter_name": args.segmenter, "params": params, "channel": args.channel,
-                              "diameter": diameter}
+    kwargs: dict[str, Any] = {
+        "segmenter_name": args.segmenter,
+        "params": params,
+        "channel": args.channel,
+        "diameter": diameter,
+    }
     with _progress_bar(1, args.quiet) as bar:
         try:
             df = run(iter_evaluate_folder(images, masks, **kwargs), bar.update)
@@ -230,28 +244,56 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="napari-phenotyper", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="napari-phenotyper", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add_segmenter_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--segmenter", default="classical", help="registered segmenter name (default: classical)")
-        p.add_argument("--diameter", default="auto",
-                       help="expected object diameter in pixels, or 'auto' (default) to estimate it per image")
-        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any segmenter parameter, e.g. --param threshold_method=li (repeatable)")
-        p.add_argument("--channel", type=int, default=None, help="channel to segment in a multi-channel image (default: luminance / mean)")
+        p.add_argument(
+            "--segmenter", default="classical", help="registered segmenter name (default: classical)"
+        )
+        p.add_argument(
+            "--diameter",
+            default="auto",
+            help="expected object diameter in pixels, or 'auto' (default) to estimate it per image",
+        )
+        p.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="any segmenter parameter, e.g. --param threshold_method=li (repeatable)",
+        )
+        p.add_argument(
+            "--channel",
+            type=int,
+            default=None,
+            help="channel to segment in a multi-channel image (default: luminance / mean)",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     seg = sub.add_parser("segment", help="segment and measure images; write label TIFFs and a per-cell CSV")
     seg.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
-    seg.add_argument("--sample", default=None, help="run on a built-in sample instead: nuclei (offline, with ground truth) or mitosis (downloaded)")
+    seg.add_argument(
+        "--sample",
+        default=None,
+        help="run on a built-in sample instead: nuclei (offline, with ground truth) or mitosis (downloaded)",
+    )
     seg.add_argument("--out", required=True, help="output folder (created if needed)")
-    seg.add_argument("--features", default="all", help="comma-separated feature groups: shape,intensity,texture,neighbors (default: all)")
+    seg.add_argument(
+        "--features",
+        default="all",
+        help="comma-separated feature groups: shape,intensity,texture,neighbors (default: all)",
+    )
     seg.add_argument("--no-labels", action="store_true", help="do not write label TIFFs")
     add_segmenter_args(seg)
     seg.set_defaults(func=_cmd_segment)
 
-    ev = sub.add_parser("evaluate", help="segment images and score them against instance masks (AP@0.5, AP@0.5:0.95)")
+    ev = sub.add_parser(
+        "evaluate", help="segment images and score them against instance masks (AP@0.5, AP@0.5:0.95)"
+    )
     ev.add_argument("--images", required=True, help="folder of images")
     ev.add_argument("--masks", required=True, help="folder of label masks, matched to images by file stem")
     add_segmenter_args(ev)

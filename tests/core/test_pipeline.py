@@ -51,7 +51,13 @@ def test_stack_is_segmented_and_measured_plane_by_plane():
 def test_measure_named_channels_and_shape_mismatch():
     labels = np.zeros((20, 20), np.uint32)
     labels[5:10, 5:10] = 1
-    df = run(iter_measure(labels, {"dapi": np.ones((20, 20)), "gfp": np.full((20, 20), 3.0)}, MeasureParams(groups=("intensity",))))
+    df = run(
+        iter_measure(
+            labels,
+            {"dapi": np.ones((20, 20)), "gfp": np.full((20, 20), 3.0)},
+            MeasureParams(groups=("intensity",)),
+        )
+    )
     assert df.loc[0, "mean_intensity_dapi"] == 1.0 and df.loc[0, "mean_intensity_gfp"] == 3.0
     with pytest.raises(ValueError, match="same size"):
         run(iter_measure(labels, {"dapi": np.ones((10, 10))}))

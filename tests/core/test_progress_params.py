@@ -51,7 +51,9 @@ def test_field_specs_describe_types():
 
 
 def test_params_from_strings():
-    p = params_from_mapping(P, {"diameter": "12", "threshold": "auto", "flag": "no", "method": "li", "n": "5"})
+    p = params_from_mapping(
+        P, {"diameter": "12", "threshold": "auto", "flag": "no", "method": "li", "n": "5"}
+    )
     assert p == P(12.0, None, 5, False, "li")
     assert params_from_mapping(P, {"threshold": "0.25"}).threshold == 0.25
 

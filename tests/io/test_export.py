@@ -8,7 +8,9 @@ from napari_phenotyper.io.export import read_table_csv, table_for_export, write_
 
 
 def _table():
-    return pd.DataFrame({"label": [1, 2, 5], "area": [10.0, 20.5, 3.25], "mean_intensity_dapi": [0.1, np.nan, 1e-7]})
+    return pd.DataFrame(
+        {"label": [1, 2, 5], "area": [10.0, 20.5, 3.25], "mean_intensity_dapi": [0.1, np.nan, 1e-7]}
+    )
 
 
 def test_csv_round_trip(tmp_path):

@@ -126,7 +126,9 @@ def test_export_csv_and_writer(segmented, tmp_path):
 
 def test_writer_refuses_layer_without_table(tmp_path):
     with pytest.raises(ValueError, match="no per-cell table"):
-        write_cell_table(str(tmp_path / "x.csv"), np.zeros((4, 4), int), {"features": {}, "metadata": {}, "name": "x"})
+        write_cell_table(
+            str(tmp_path / "x.csv"), np.zeros((4, 4), int), {"features": {}, "metadata": {}, "name": "x"}
+        )
     assert not (tmp_path / "x.csv").exists()
 
 

@@ -21,7 +21,9 @@ class _Optional(Container):
     def __init__(self, editor: Widget, spec: FieldSpec) -> None:
         self.auto = CheckBox(text="auto", value=spec.default is None)
         self.editor = editor
-        super().__init__(widgets=[self.auto, editor], layout="horizontal", labels=False, label=_label(spec.name))
+        super().__init__(
+            widgets=[self.auto, editor], layout="horizontal", labels=False, label=_label(spec.name)
+        )
         self.margins = (0, 0, 0, 0)
         self.editor.enabled = not self.auto.value
         self.auto.changed.connect(lambda v: setattr(self.editor, "enabled", not v))
@@ -44,13 +46,26 @@ def _editor(spec: FieldSpec) -> Widget:
     if spec.kind == "bool":
         return CheckBox(value=bool(default), **common)
     if spec.kind == "choice":
-        return ComboBox(choices=list(spec.choices), value=default if default in spec.choices else spec.choices[0], **common)
+        return ComboBox(
+            choices=list(spec.choices),
+            value=default if default in spec.choices else spec.choices[0],
+            **common,
+        )
     if spec.kind == "int":
-        return SpinBox(value=int(default or 0), min=int(md.get("min", 0)), max=int(md.get("max", 10**9)), step=int(md.get("step", 1)), **common)
+        return SpinBox(
+            value=int(default or 0),
+            min=int(md.get("min", 0)),
+            max=int(md.get("max", 10**9)),
+            step=int(md.get("step", 1)),
+            **common,
+        )
     if spec.kind == "float":
         return FloatSpinBox(
-            value=float(default or 0.0), min=float(md.get("min", 0.0)), max=float(md.get("max", 1e9)),
-            step=float(md.get("step", 0.1)), **common,
+            value=float(default or 0.0),
+            min=float(md.get("min", 0.0)),
+            max=float(md.get("max", 1e9)),
+            step=float(md.get("step", 0.1)),
+            **common,
         )
     return LineEdit(value=str(default or ""), **common)
 

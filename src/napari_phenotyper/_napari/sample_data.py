@@ -13,7 +13,11 @@ def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
     """Fluorescent nuclei with their hand-annotated ground truth (offline)."""
     image, mask = nuclei_2d()
     return [
-        (image, {"name": "nuclei", "colormap": "gray", "metadata": {"sample": "stardist test_image_nuclei_2d"}}, "image"),
+        (
+            image,
+            {"name": "nuclei", "colormap": "gray", "metadata": {"sample": "stardist test_image_nuclei_2d"}},
+            "image",
+        ),
         (mask, {"name": "nuclei ground truth", "opacity": 0.4, "visible": False}, "labels"),
     ]
 

@@ -44,26 +44,48 @@ class SegmentWidget(Container):
         self._worker: Any = None
         self._segmenter_obj: Any = None
 
-        self.image = ComboBox(label="image", choices=self._image_choices, nullable=False,
-                              tooltip="Image layer to segment")
-        self.channel = ComboBox(label="channel", choices=[("single channel", None)],
-                                tooltip="Channel of an RGB image to segment")
+        self.image = ComboBox(
+            label="image", choices=self._image_choices, nullable=False, tooltip="Image layer to segment"
+        )
+        self.channel = ComboBox(
+            label="channel", choices=[("single channel", None)], tooltip="Channel of an RGB image to segment"
+        )
         specs = available()
-        self.segmenter = ComboBox(label="segmenter", choices=[(s.display_name, n) for n, s in specs.items()],
-                                  value="classical" if "classical" in specs else None)
+        self.segmenter = ComboBox(
+            label="segmenter",
+            choices=[(s.display_name, n) for n, s in specs.items()],
+            value="classical" if "classical" in specs else None,
+        )
         self.params_box = Container(labels=False)
         self.estimate = PushButton(text="Estimate diameter from image")
-        self.measure_in = Select(label="measure in", choices=self._measure_choices,
-                                 tooltip="Image layers to measure intensities in (none selected: the segmented image)")
+        self.measure_in = Select(
+            label="measure in",
+            choices=self._measure_choices,
+            tooltip="Image layers to measure intensities in (none selected: the segmented image)",
+        )
         self.groups = {g: CheckBox(text=g, value=True) for g in FEATURE_GROUPS}
-        groups_box = Container(widgets=list(self.groups.values()), layout="horizontal", labels=False, label="features")
+        groups_box = Container(
+            widgets=list(self.groups.values()), layout="horizontal", labels=False, label="features"
+        )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         self.progress = ProgressBar(min=0, max=1000, value=0, label="progress")
         self.status = Label(value="Ready.")
-        super().__init__(widgets=[self.image, self.channel, self.segmenter, self.params_box, self.estimate,
-                                  self.measure_in, groups_box, buttons, self.progress, self.status])
+        super().__init__(
+            widgets=[
+                self.image,
+                self.channel,
+                self.segmenter,
+                self.params_box,
+                self.estimate,
+                self.measure_in,
+                groups_box,
+                buttons,
+                self.progress,
+                self.status,
+            ]
+        )
 
         self.segmenter.changed.connect(self._on_segmenter_changed)
         self.image.changed.connect(self._on_image_changed)
@@ -84,14 +106,20 @@ class SegmentWidget(Container):
         if src is None:
             return []
         shape = _plane_shape(src)
-        return [(lyr.name, lyr) for lyr in self.viewer.layers if isinstance(lyr, Image) and _plane_shape(lyr) == shape]
+        return [
+            (lyr.name, lyr)
+            for lyr in self.viewer.layers
+            if isinstance(lyr, Image) and _plane_shape(lyr) == shape
+        ]
 
     def _refresh_layers(self, _event: Any = None) -> None:
         self.image.reset_choices()
         self.measure_in.reset_choices()
 
     def _on_image_changed(self, layer: Image | None) -> None:
-        self.channel.choices = _RGB_CHANNELS if (layer is not None and layer.rgb) else [("single channel", None)]
+        self.channel.choices = (
+            _RGB_CHANNELS if (layer is not None and layer.rgb) else [("single channel", None)]
+        )
         self.channel.enabled = bool(layer is not None and layer.rgb)
         self.measure_in.reset_choices()
 
@@ -106,7 +134,9 @@ class SegmentWidget(Container):
             return
         self.form = ParamsForm(self._segmenter_obj.params_type)
         self.params_box.append(self.form)
-        self.estimate.visible = hasattr(self._segmenter_obj, "estimate_diameter") and "diameter" in self.form.editors
+        self.estimate.visible = (
+            hasattr(self._segmenter_obj, "estimate_diameter") and "diameter" in self.form.editors
+        )
 
     # ---- reading the controls -----------------------------------------------------
     def request(self) -> SegmentRequest:
@@ -120,7 +150,9 @@ class SegmentWidget(Container):
             raise ValueError("Tick at least one feature group to measure.")
         measure = MeasureParams(groups=groups)
         intens = tuple((lyr.name, _level0(lyr), lyr.rgb) for lyr in self.measure_in.value)
-        return SegmentRequest(_level0(layer), layer.rgb, self.segmenter.value, params, self.channel.value, intens, measure)
+        return SegmentRequest(
+            _level0(layer), layer.rgb, self.segmenter.value, params, self.channel.value, intens, measure
+        )
 
     # ---- actions ------------------------------------------------------------------
     def run(self) -> None:
@@ -136,7 +168,9 @@ class SegmentWidget(Container):
             return
         source = self.image.value
         self._set_running(True)
-        self.status.value = f"Running {self.segmenter.value} on {self._segmenter_obj.device(request.params)}..."
+        self.status.value = (
+            f"Running {self.segmenter.value} on {self._segmenter_obj.device(request.params)}..."
+        )
         self._worker = start_job(
             segment_job,
             request,
@@ -173,7 +207,9 @@ class SegmentWidget(Container):
 
         worker = create_worker(_estimate, _start_thread=False)
         worker.returned.connect(self._on_estimated)
-        worker.errored.connect(lambda exc: show_error(f"Could not estimate the diameter: {user_message(exc)}"))
+        worker.errored.connect(
+            lambda exc: show_error(f"Could not estimate the diameter: {user_message(exc)}")
+        )
         worker.start()
         self._estimate_worker = worker
 

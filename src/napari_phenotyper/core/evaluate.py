@@ -103,7 +103,12 @@ def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarra
         if arr.dtype == bool:
             continue
         if arr.dtype.kind not in "iu":
-            if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            if (
+                arr.dtype.kind == "f"
+                and arr.size
+                and np.all(np.isfinite(arr))
+                and np.all(arr == np.round(arr))
+            ):
                 continue
             raise ValueError(f"The {name} must be an integer label image, got dtype {arr.dtype}.")
         if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
@@ -177,9 +182,7 @@ def _match(iou: np.ndarray, threshold: float) -> np.ndarray:
     # Solve the assignment separately in each connected group of candidate pairs; most
     # groups are a single pair.
     n_true, n_pred = iou.shape
-    graph = coo_matrix(
-        (np.ones(rows.size), (rows, n_true + cols)), shape=(n_true + n_pred, n_true + n_pred)
-    )
+    graph = coo_matrix((np.ones(rows.size), (rows, n_true + cols)), shape=(n_true + n_pred, n_true + n_pred))
     _, comp = connected_components(graph, directed=False)
     pair_comp = comp[rows]
     order = np.argsort(pair_comp, kind="stable")
@@ -253,7 +256,10 @@ def match_stats(
     ValueError
         If the shapes differ, a threshold is outside (0, 1], or an image is not a label image.
     """
-    ths = [float(thresholds)] if np.isscalar(thresholds) else [float(t) for t in thresholds]  # type: ignore[arg-type]
+    if isinstance(thresholds, int | float | np.number):
+        ths = [float(thresholds)]
+    else:
+        ths = [float(t) for t in thresholds]
     for t in ths:
         if not 0.0 < t <= 1.0:
             raise ValueError(f"IoU thresholds must lie in (0, 1], got {t}.")
@@ -293,7 +299,15 @@ def average_precision(gt: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
 
 #: Words that may follow an image's stem in its mask's name (see :func:`match_masks`).
 MASK_SUFFIX_WORDS: tuple[str, ...] = (
-    "mask", "masks", "label", "labels", "labeled", "seg", "segmentation", "gt", "cp_masks"
+    "mask",
+    "masks",
+    "label",
+    "labels",
+    "labeled",
+    "seg",
+    "segmentation",
+    "gt",
+    "cp_masks",
 )
 
 
@@ -301,7 +315,9 @@ def _image_files(folder: Path) -> list[Path]:
     from ..io.images import IMAGE_SUFFIXES
 
     return sorted(
-        f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+        f
+        for f in folder.iterdir()
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
     )
 
 

@@ -66,7 +66,9 @@ def field_specs(params_type: type) -> list[FieldSpec]:
             default = f.default_factory()
         else:
             default = None
-        out.append(FieldSpec(f.name, kind, default, optional, choices, str(f.metadata.get("doc", "")), f.metadata))
+        out.append(
+            FieldSpec(f.name, kind, default, optional, choices, str(f.metadata.get("doc", "")), f.metadata)
+        )
     return out
 
 
@@ -90,7 +92,9 @@ def _coerce(spec: FieldSpec, value: Any) -> Any:
             for c in spec.choices:
                 if str(c) == text:
                     return c
-            raise ValueError(f"{spec.name} must be one of {', '.join(map(str, spec.choices))}, not {value!r}.")
+            raise ValueError(
+                f"{spec.name} must be one of {', '.join(map(str, spec.choices))}, not {value!r}."
+            )
         return text
     if value is None and spec.optional:
         return None

@@ -69,9 +69,7 @@ class MeasureParams:
     def __post_init__(self) -> None:
         unknown = [g for g in self.groups if g not in FEATURE_GROUPS]
         if unknown:
-            raise ValueError(
-                f"Unknown feature group(s) {unknown}; choose among {', '.join(FEATURE_GROUPS)}."
-            )
+            raise ValueError(f"Unknown feature group(s) {unknown}; choose among {', '.join(FEATURE_GROUPS)}.")
         if not 2 <= self.texture_levels <= 256:
             raise ValueError("texture_levels must be between 2 and 256.")
 
@@ -85,7 +83,9 @@ class SegmentResult:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def package_versions(names: Sequence[str] = ("napari-phenotyper", "numpy", "scikit-image", "scipy", "pandas")) -> dict[str, str]:
+def package_versions(
+    names: Sequence[str] = ("napari-phenotyper", "numpy", "scikit-image", "scipy", "pandas"),
+) -> dict[str, str]:
     """Installed versions of the packages that shape results (for provenance)."""
     out = {"python": platform.python_version()}
     for name in names:
@@ -96,7 +96,9 @@ def package_versions(names: Sequence[str] = ("napari-phenotyper", "numpy", "scik
     return out
 
 
-def select_channel(image: np.ndarray, channel_axis: int | None = None, channel: int | None = None) -> np.ndarray:
+def select_channel(
+    image: np.ndarray, channel_axis: int | None = None, channel: int | None = None
+) -> np.ndarray:
     """Return a single-channel view of ``image``.
 
     Parameters
@@ -129,7 +131,9 @@ def select_channel(image: np.ndarray, channel_axis: int | None = None, channel: 
     return np.take(image, channel, axis=axis)
 
 
-def iter_segment(image: np.ndarray, segmenter: str = "classical", params: Any = None) -> Generator[Progress, None, tuple[np.ndarray, dict[str, Any]]]:
+def iter_segment(
+    image: np.ndarray, segmenter: str = "classical", params: Any = None
+) -> Generator[Progress, None, tuple[np.ndarray, dict[str, Any]]]:
     """Segment a single-channel image with a registered segmenter.
 
     Returns the uint32 labels and a provenance dictionary (backend, parameters,
@@ -139,7 +143,9 @@ def iter_segment(image: np.ndarray, segmenter: str = "classical", params: Any = 
     if params is None:
         params = seg.params_type()
     elif not isinstance(params, seg.params_type):
-        raise TypeError(f"Parameters for {segmenter!r} must be {seg.params_type.__name__}, got {type(params).__name__}.")
+        raise TypeError(
+            f"Parameters for {segmenter!r} must be {seg.params_type.__name__}, got {type(params).__name__}."
+        )
     t0 = time.perf_counter()
     labels = yield from seg.segment(image, params)
     provenance = {
@@ -217,7 +223,9 @@ def iter_measure(
             df.insert(1, f"{PLANE_PREFIX}{ax}", np.full(len(df), value, dtype=np.int64))
         tables.append(df)
     if not tables:  # a zero-length leading axis: an empty table with the usual columns and dtypes
-        empty = yield from iter_features(np.zeros((1, 1), np.uint32), {k: np.zeros((1, 1)) for k in channels} or None, **kwargs)
+        empty = yield from iter_features(
+            np.zeros((1, 1), np.uint32), {k: np.zeros((1, 1)) for k in channels} or None, **kwargs
+        )
         for ax in reversed(range(len(lead))):
             empty.insert(1, f"{PLANE_PREFIX}{ax}", np.zeros(0, dtype=np.int64))
         return empty

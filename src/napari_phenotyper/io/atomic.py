@@ -22,7 +22,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     dest = Path(path)
     if not dest.parent.exists():
         raise FileNotFoundError(f"Folder {dest.parent} does not exist; create it or choose another location.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp", dir=dest.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

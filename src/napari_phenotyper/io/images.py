@@ -59,8 +59,7 @@ def read_image(path: str | PathLike[str]) -> np.ndarray:
 
         return np.asarray(skimage.io.imread(path))
     raise ValueError(
-        f"Cannot read {path.name}: unsupported file type {suffix!r} "
-        f"(supported: {', '.join(IMAGE_SUFFIXES)})."
+        f"Cannot read {path.name}: unsupported file type {suffix!r} (supported: {', '.join(IMAGE_SUFFIXES)})."
     )
 
 

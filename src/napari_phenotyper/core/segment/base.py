@@ -106,7 +106,9 @@ def planewise(
     for i, idx in enumerate(np.ndindex(*lead) if lead else [()]):
         lab = as_label_image(segment_plane(image[idx]))
         if lab.shape != image.shape[-spatial_ndim:]:
-            raise RuntimeError(f"segmenter returned shape {lab.shape} for a plane of {image.shape[-spatial_ndim:]}")
+            raise RuntimeError(
+                f"segmenter returned shape {lab.shape} for a plane of {image.shape[-spatial_ndim:]}"
+            )
         if offset:
             lab = np.where(lab > 0, lab + np.uint32(offset), np.uint32(0))
         out[idx] = lab

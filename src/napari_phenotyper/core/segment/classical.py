@@ -50,6 +50,15 @@ _BLOB_SIGMA = 0.85
 _BLOB_MIN_DISTANCE = 0.3
 
 
+def _is_number(value: object) -> bool:
+    """A finite real number (not a bool)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float, np.integer, np.floating))
+        and math.isfinite(value)
+    )
+
+
 def _positive_or_none(name: str, value: float | None) -> None:
     if value is None:
         return
@@ -142,28 +151,18 @@ class ClassicalParams:
             raise ValueError("diameter must be a positive number, got None.")
         if self.diameter < 2:
             raise ValueError(f"diameter must be at least 2 pixels, got {self.diameter}.")
-        if self.threshold is not None:
-            if isinstance(self.threshold, bool) or not isinstance(
-                self.threshold, (int, float, np.integer, np.floating)
-            ) or not math.isfinite(self.threshold):
-                raise ValueError(f"threshold must be a finite number or None, got {self.threshold!r}.")
+        if self.threshold is not None and not _is_number(self.threshold):
+            raise ValueError(f"threshold must be a finite number or None, got {self.threshold!r}.")
         if self.threshold_method not in _METHODS:
             raise ValueError(
                 f"threshold_method must be one of {', '.join(map(repr, _METHODS))}, got {self.threshold_method!r}."
             )
-        if (
-            isinstance(self.threshold_scale, bool)
-            or not isinstance(self.threshold_scale, (int, float, np.integer, np.floating))
-            or not 0 < self.threshold_scale <= 2
-        ):
+        if not _is_number(self.threshold_scale) or not 0 < self.threshold_scale <= 2:
             raise ValueError(f"threshold_scale must be a number in (0, 2], got {self.threshold_scale!r}.")
         if self.seeds not in ("blob", "distance"):
             raise ValueError(f"seeds must be 'blob' or 'distance', got {self.seeds!r}.")
-        if self.smoothing is not None:
-            if isinstance(self.smoothing, bool) or not isinstance(
-                self.smoothing, (int, float, np.integer, np.floating)
-            ) or not math.isfinite(self.smoothing) or self.smoothing < 0:
-                raise ValueError(f"smoothing must be a number >= 0 or None, got {self.smoothing!r}.")
+        if self.smoothing is not None and (not _is_number(self.smoothing) or self.smoothing < 0):
+            raise ValueError(f"smoothing must be a number >= 0 or None, got {self.smoothing!r}.")
         _positive_or_none("h", self.h)
         _positive_or_none("min_size", self.min_size)
         _positive_or_none("max_size", self.max_size)
@@ -247,7 +246,7 @@ def _background(img: np.ndarray, diameter: float) -> np.ndarray:
 
     factor = max(1, int(diameter // 4))
     small = block_reduce(img, (factor, factor), np.mean) if factor > 1 else img
-    size = max(3, int(round(2 * diameter / factor)) | 1)
+    size = max(3, round(2 * diameter / factor) | 1)
     bg = ndi.grey_opening(small, size=(size, size), mode="reflect")
     bg = ndi.uniform_filter(bg, size=size, mode="reflect")
     if factor > 1:
@@ -279,6 +278,21 @@ def _noise_floor(img: np.ndarray, fg: np.ndarray) -> float:
     med = float(np.median(bg))
     mad = float(np.median(np.abs(bg - med)))
     return med + 3 * 1.4826 * mad
+
+
+def _pixel_noise_floor(img: np.ndarray, sm: np.ndarray, sigma: float) -> float:
+    """Median of ``sm`` + 5 standard deviations of smoothed pixel noise.
+
+    The noise of ``img`` is measured from differences of horizontal neighbours (robust to
+    objects and to slow background changes) and scaled by the variance reduction of a
+    Gaussian of ``sigma``, so that a plane of pure noise yields no objects.
+    """
+    step = max(1, img.shape[0] // 512)
+    diff = np.diff(img[::step], axis=1).ravel()
+    mad = float(np.median(np.abs(diff - np.median(diff))))
+    noise = 1.4826 * mad / math.sqrt(2)
+    smoothed_noise = noise / (2 * math.sqrt(math.pi) * sigma) if sigma > 0 else noise
+    return float(np.median(sm[:: max(1, sm.shape[0] // 512)])) + 5 * smoothed_noise
 
 
 def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
@@ -371,7 +385,9 @@ def _segment_steps(plane: np.ndarray, params: ClassicalParams) -> Generator[str,
     sm = ndi.gaussian_filter(img, sigma) if sigma > 0 else img
     if params.threshold is None:
         t_auto = _threshold(sm, params.threshold_method)
-        t = max(params.threshold_scale * t_auto, _noise_floor(sm, sm > t_auto))
+        t = max(
+            params.threshold_scale * t_auto, _noise_floor(sm, sm > t_auto), _pixel_noise_floor(img, sm, sigma)
+        )
     else:
         t = float(params.threshold)
     mask = (sm > t) & finite
@@ -388,7 +404,9 @@ def _segment_steps(plane: np.ndarray, params: ClassicalParams) -> Generator[str,
         yield "split touching nuclei"
     else:
         labels, _ = ndi.label(mask)
-    return _filter_relabel(labels, params.effective_min_size, params.effective_max_size, params.exclude_border)
+    return _filter_relabel(
+        labels, params.effective_min_size, params.effective_max_size, params.exclude_border
+    )
 
 
 def segment_plane(plane: np.ndarray, params: ClassicalParams | None = None) -> np.ndarray:
