@@ -120,9 +120,8 @@ class ClassicalParams:
         Fill holes inside objects that are smaller than half a nucleus (default True).
     invert : bool or None
         Segment dark objects on a bright background (brightfield, H&E). ``None`` (default)
-        decides per plane: inverted when more than half of the plane lies above the
-        Otsu threshold of its normalised intensities, i.e. when the bright phase is the
-        majority and so presumably the background.
+        decides per plane: inverted when its intensity histogram is left-skewed (the long
+        tail, i.e. the minority phase that the nuclei form, lies on the dark side).
 
     Raises
     ------
@@ -232,12 +231,19 @@ def _normalise(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _auto_invert(img: np.ndarray, finite: np.ndarray) -> bool:
-    from skimage.filters import threshold_otsu
+    """Whether objects are darker than the background: the intensities are left-skewed.
 
+    Nuclei (bright or dark) are the minority phase, so their side of the histogram is
+    the long tail: right-skewed for fluorescence, left-skewed for brightfield and H&E.
+    Unlike a foreground-fraction rule this holds for dense fields too.
+    """
     vals = img[finite] if not finite.all() else img
-    sample = vals.ravel()[:: max(1, vals.size // 200_000)]
-    t = threshold_otsu(sample)
-    return bool(np.mean(sample > t) > 0.5)
+    sample = vals.ravel()[:: max(1, vals.size // 200_000)].astype(np.float64)
+    sd = sample.std()
+    if not sd > 0:
+        return False
+    skew = float(np.mean(((sample - sample.mean()) / sd) ** 3))
+    return skew < 0
 
 
 def _background(img: np.ndarray, diameter: float) -> np.ndarray:
@@ -426,16 +432,19 @@ def segment_plane(plane: np.ndarray, params: ClassicalParams | None = None) -> n
 def estimate_diameter(image: np.ndarray) -> float:
     """Estimate the typical nucleus diameter of an image, in pixels.
 
-    The image (the first plane of a stack) is normalised, inverted if its objects are
-    dark, lightly smoothed and Otsu-thresholded. Each connected object's diameter is
-    taken as twice its largest distance to the background (the diameter of the largest
-    inscribed disk), which is robust to touching nuclei merged into one object; the
-    median over objects, weighted by their area so that specks of noise do not outvote
-    the nuclei, is returned. When objects are fairly round, this matches their
-    equivalent-disk diameter; for elongated nuclei it reports the short axis, so the
-    estimate is blended with the median equivalent diameter (geometric mean), which
-    counts touching pairs as large objects. A second pass repeats this after subtracting
-    the background at the scale of the first estimate.
+    Two passes over the first plane (normalised, inverted if its objects are dark):
+
+    1. A rough scale: light smoothing, Otsu threshold, connected objects. Each object's
+       size is measured both as its equivalent-disk diameter and as the diameter of its
+       largest inscribed disk (twice its largest distance to the background, which does
+       not grow when nuclei touch); the two area-weighted medians (so that specks of
+       debris do not count) are combined by their geometric mean.
+    2. The background is subtracted at that scale, the smoothing adapted, and the image
+       thresholded again; the result is the median equivalent-disk diameter of the
+       objects at least a third of the first estimate across.
+
+    Images where a large bright region (tissue, debris) dominates the histogram can
+    fool it: check the value against the image.
 
     Parameters
     ----------
@@ -445,8 +454,8 @@ def estimate_diameter(image: np.ndarray) -> float:
     Returns
     -------
     float
-        Estimated diameter in pixels; 30.0 (the default) when nothing can be measured
-        (constant image, no objects).
+        Estimated diameter in pixels (at least 2); 30.0 (the default) when nothing can
+        be measured (constant image, no objects).
     """
     arr = check_image(image, 2)
     plane = arr[(0,) * (arr.ndim - 2)] if arr.ndim > 2 else arr
@@ -457,19 +466,37 @@ def estimate_diameter(image: np.ndarray) -> float:
     if _auto_invert(img, finite):
         img = 1.0 - img
         img[~finite] = 0.0
-    d = _estimate_once(img, finite, None)
-    if d is None:
+    first = _objects(img, finite, None)
+    if first is None:
         return 30.0
-    d2 = _estimate_once(img, finite, d)
-    return float(d2 if d2 is not None else d)
+    areas, eq, ins = first
+    d1 = max(2.0, math.sqrt(_weighted_median(eq, areas) * _weighted_median(ins, areas)))
+    second = _objects(img, finite, d1)
+    if second is None:
+        return float(d1)
+    _, eq, _ = second
+    eq = eq[eq >= d1 / 3]
+    if eq.size == 0:
+        return float(d1)
+    return float(max(2.0, np.median(eq)))
 
 
-def _estimate_once(img: np.ndarray, finite: np.ndarray, diameter: float | None) -> float | None:
+def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    order = np.argsort(x)
+    cum = np.cumsum(w[order])
+    return float(x[order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+def _objects(
+    img: np.ndarray, finite: np.ndarray, diameter: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Areas, equivalent and inscribed diameters of the Otsu objects (>= 12 px) of ``img``."""
     from skimage.filters import threshold_otsu
 
     if diameter is not None:
         img = img - _background(img, diameter)
-    sm = ndi.gaussian_filter(img, 1.0)
+    sigma = 1.0 if diameter is None else max(1.0, diameter / 15)
+    sm = ndi.gaussian_filter(img, sigma)
     sample = sm.ravel()[:: max(1, sm.size // 500_000)]
     if not sample.max() > sample.min():
         return None
@@ -480,22 +507,12 @@ def _estimate_once(img: np.ndarray, finite: np.ndarray, diameter: float | None) 
         return None
     areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     dist = ndi.distance_transform_edt(mask)
-    inscribed = 2 * ndi.maximum(dist, lab, np.arange(1, n + 1))
+    inscribed = 2 * np.asarray(ndi.maximum(dist, lab, np.arange(1, n + 1)), dtype=np.float64)
     ok = areas >= 12
     if not ok.any():
         return None
-    eq = 2 * np.sqrt(areas[ok] / np.pi)
-    ins = np.asarray(inscribed)[ok]
-    # Medians weighted by area (the object a typical foreground pixel belongs to): many
-    # specks of noise or debris in a dim image must not outvote a few real nuclei.
-    w = areas[ok].astype(np.float64)
-    return float(math.sqrt(_weighted_median(eq, w) * _weighted_median(ins, w)))
-
-
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values)
-    cum = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+    areas = areas[ok].astype(np.float64)
+    return areas, 2 * np.sqrt(areas / np.pi), inscribed[ok]
 
 
 # --------------------------------------------------------------------------- segmenter
