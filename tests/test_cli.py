@@ -1,5 +1,7 @@
 """The headless command line on the built-in sample, folders and bad input."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -56,6 +58,21 @@ def test_segment_folder_skips_bad_image(tmp_path, capsys):
     cells = pd.read_csv(tmp_path / "out" / "cells.csv")
     assert cells.groupby("image").size().to_dict() == {"img0": 1, "img1": 2}
     assert "RESULT n_images=2 n_failed=1 n_cells=3" in captured.out
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert set(manifest["images"]) == {"img0", "img1"}
+    assert manifest["images"]["img0"]["params"]["diameter"] == 18.0
+    assert "broken" in manifest["failed"]
+
+
+def test_same_file_name_in_two_folders_keeps_both(tmp_path, capsys):
+    a = _write_images(tmp_path / "a", 1)
+    b = _write_images(tmp_path / "b", 2)
+    assert (
+        main(["segment", str(a / "img0.tif"), str(b / "img0.tif"), "--out", str(tmp_path / "o"), "--quiet"])
+        == 0
+    )
+    assert (tmp_path / "o" / "img0_labels.tif").exists() and (tmp_path / "o" / "img0_2_labels.tif").exists()
+    assert set(pd.read_csv(tmp_path / "o" / "cells.csv")["image"]) == {"img0", "img0_2"}
 
 
 def test_bad_arguments_are_clear(tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -136,10 +137,11 @@ def _segment_params(segmenter_name: str, args: argparse.Namespace, image: np.nda
 def _cmd_segment(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from . import samples
+    from . import __version__, samples
     from .core.evaluate import average_precision
     from .core.pipeline import MeasureParams, iter_segment_and_measure
     from .core.progress import run, sub_progress
+    from .io.atomic import atomic_write_text
     from .io.export import table_for_export, write_labels_tiff, write_table_csv
     from .io.images import read_image, to_grayscale
 
@@ -157,8 +159,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from None
         image, truth = data if isinstance(data, tuple) else (data, None)
         jobs.append((f"sample_{args.sample}", lambda image=image: image, truth))
+    used: set[str] = {name for name, _, _ in jobs}
     for path in _expand_inputs(args.inputs):
-        jobs.append((path.stem, lambda path=path: read_image(path), None))
+        name, k = path.stem, 1
+        while name in used:  # same file name in two folders: keep both outputs
+            k += 1
+            name = f"{path.stem}_{k}"
+        used.add(name)
+        jobs.append((name, lambda path=path: read_image(path), None))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +176,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
-    tables, failures, scores = [], [], []
+    tables, failures, scores, provenance = [], [], [], {}
     t0 = time.perf_counter()
     with _progress_bar(len(jobs), args.quiet) as bar:
         for i, (name, load, truth) in enumerate(jobs):
@@ -190,6 +198,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             if not args.no_labels:
                 write_labels_tiff(result.labels, out / f"{name}_labels.tif")
             tables.append(table_for_export(result.features, name))
+            provenance[name] = result.provenance
             line = f"{name}: {len(result.features)} cells ({result.provenance['device']}, {result.provenance['segment_seconds']:.2f} s segment, {result.provenance['measure_seconds']:.2f} s measure)"
             if truth is not None:
                 ap = average_precision(truth, result.labels)
@@ -203,6 +212,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         csv = write_table_csv(table, out / "cells.csv")
         print(f"Wrote {len(table)} cells from {len(tables)} image(s) to {csv}")
     n_cells = sum(len(t) for t in tables)
+    manifest = {
+        "napari_phenotyper": __version__,
+        "command": "segment",
+        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+        "images": provenance,
+        "failed": dict(failures),
+    }
+    atomic_write_text(out / "run.json", json.dumps(manifest, indent=2, default=str))
     result_line = f"RESULT n_images={len(tables)} n_failed={len(failures)} n_cells={n_cells} seconds={time.perf_counter() - t0:.2f}"
     if scores:
         result_line += f" ap50={np.mean([s['ap50'] for s in scores]):.4f} ap50_95={np.mean([s['ap50_95'] for s in scores]):.4f}"
