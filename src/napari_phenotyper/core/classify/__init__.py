@@ -1,0 +1,1 @@
+"""Phenotype classification: classifiers, query strategies for active learning."""

@@ -1,0 +1,304 @@
+"""Phenotype classifiers over per-cell feature tables (scikit-learn, deterministic).
+
+The training set is the source of truth: a classifier is always rebuilt from the
+annotated rows and its settings (see :mod:`napari_phenotyper.io.classifier_io`), so a
+saved classifier never needs pickle.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "CLASSIFIERS",
+    "FEATURE_GROUP_NAMES",
+    "ClassifierSettings",
+    "TrainedClassifier",
+    "check_columns",
+    "cross_validate",
+    "feature_columns_for",
+    "predict",
+    "train",
+]
+
+#: Classifier kinds and their display names.
+CLASSIFIERS: dict[str, str] = {
+    "random_forest": "Random forest",
+    "gradient_boosting": "Histogram gradient boosting",
+    "logistic_regression": "Logistic regression",
+    "svm": "SVM (RBF, probabilities)",
+    "knn": "k-nearest neighbours",
+}
+
+#: Feature groups a user can switch on and off.
+FEATURE_GROUP_NAMES = ("shape", "intensity", "texture", "neighbors")
+
+# Identity and position columns are never features: where a cell is says nothing of
+# its phenotype, and a classifier must not learn the label ids.
+_NOT_FEATURES = re.compile(r"^(label|index|image|axis\d+|centroid_.*|bbox_.*|pheno_.*)$")
+_GROUP_PATTERNS = {
+    "texture": re.compile(r"^haralick_"),
+    "neighbors": re.compile(r"^n_neighbors$"),
+    "intensity": re.compile(r"^(mean|std|min|max|median|q25|q75|integrated)_intensity_|^mass_displacement_"),
+}
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """How to train a phenotype classifier.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`CLASSIFIERS` (default ``"random_forest"``).
+    feature_groups : tuple of str or None
+        Groups among ``shape``, ``intensity``, ``texture``, ``neighbors`` to use; ``None``
+        uses every numeric feature column (also for tables not made by this package).
+    balanced : bool
+        Weight classes inversely to their frequency (default True), so that a rare
+        phenotype is not ignored.
+    seed : int
+        Random seed (forests, boosting, cross-validation splits).
+    """
+
+    kind: Literal["random_forest", "gradient_boosting", "logistic_regression", "svm", "knn"] = "random_forest"
+    feature_groups: tuple[str, ...] | None = None
+    balanced: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in CLASSIFIERS:
+            raise ValueError(f"Unknown classifier {self.kind!r}; choose one of {', '.join(CLASSIFIERS)}.")
+        if self.feature_groups is not None:
+            bad = [g for g in self.feature_groups if g not in FEATURE_GROUP_NAMES]
+            if bad or not self.feature_groups:
+                raise ValueError(
+                    f"feature_groups must be a non-empty subset of {', '.join(FEATURE_GROUP_NAMES)}; got {self.feature_groups}."
+                )
+
+
+def _group_of(column: str) -> str:
+    for group, pattern in _GROUP_PATTERNS.items():
+        if pattern.search(column):
+            return group
+    return "shape"
+
+
+def feature_columns_for(table: pd.DataFrame, groups: Sequence[str] | None = None) -> list[str]:
+    """The numeric feature columns of ``table`` in the given groups (all when ``None``)."""
+    cols = [
+        c
+        for c in table.columns
+        if not _NOT_FEATURES.match(str(c))
+        and pd.api.types.is_numeric_dtype(table[c])
+        and not pd.api.types.is_bool_dtype(table[c])
+    ]
+    if groups is not None:
+        cols = [c for c in cols if _group_of(str(c)) in groups]
+    return cols
+
+
+def check_columns(feature_names: Sequence[str], table: pd.DataFrame) -> None:
+    """Refuse a table that lacks any of the classifier's feature columns.
+
+    Raises
+    ------
+    ValueError
+        Naming the missing columns, so that the user can measure them (or pick a
+        classifier trained on the same features) instead of getting garbage predictions.
+    """
+    missing = [c for c in feature_names if c not in table.columns]
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        raise ValueError(
+            f"This table lacks {len(missing)} of the classifier's {len(feature_names)} feature columns ({shown}). "
+            "Measure the same feature groups and channels as the cells it was trained on."
+        )
+
+
+def _estimator(settings: ClassifierSettings) -> Any:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    weight = "balanced" if settings.balanced else None
+    kind = settings.kind
+    if kind == "random_forest":
+        model = RandomForestClassifier(
+            n_estimators=200, class_weight=weight, random_state=settings.seed, n_jobs=1
+        )
+        return make_pipeline(SimpleImputer(strategy="median"), model)
+    if kind == "gradient_boosting":
+        model = HistGradientBoostingClassifier(class_weight=weight, random_state=settings.seed, max_iter=200)
+        return make_pipeline(SimpleImputer(strategy="median"), model)
+    if kind == "logistic_regression":
+        model = LogisticRegression(class_weight=weight, max_iter=2000)
+    elif kind == "svm":
+        # Platt-scaled probabilities, calibrated on held-out folds (sklearn's own
+        # SVC(probability=True) is deprecated); the fold count adapts to the data.
+        model = CalibratedClassifierCV(
+            SVC(class_weight=weight, random_state=settings.seed), ensemble=False, cv=3
+        )
+    else:
+        model = KNeighborsClassifier(n_neighbors=5, weights="distance")
+    return make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), model)
+
+
+def _adapt(est: Any, settings: ClassifierSettings, n_rows: int, smallest: int) -> None:
+    """Size-dependent settings: k of k-NN, calibration folds of the SVM."""
+    if settings.kind == "knn":
+        est.set_params(kneighborsclassifier__n_neighbors=max(1, min(5, n_rows - 1)))
+    elif settings.kind == "svm":
+        if smallest < 2:
+            raise ValueError(
+                "The SVM needs at least 2 annotated cells of every class (for its probabilities)."
+            )
+        est.set_params(calibratedclassifiercv__cv=min(3, smallest))
+
+
+@dataclass
+class TrainedClassifier:
+    """A fitted classifier and what it was fitted on."""
+
+    estimator: Any
+    classes: list[str]
+    feature_names: list[str]
+    settings: ClassifierSettings
+    n_train: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _xy(table: pd.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
+    X = table[list(feature_names)].to_numpy(dtype=np.float64, copy=True)
+    X[~np.isfinite(X)] = np.nan  # inf (e.g. from a degenerate cell) -> imputed
+    return X
+
+
+def train(
+    table: pd.DataFrame,
+    labels: Sequence[Any],
+    settings: ClassifierSettings | None = None,
+    feature_names: Sequence[str] | None = None,
+) -> TrainedClassifier:
+    """Fit a classifier on the annotated cells.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per annotated cell with its feature columns.
+    labels : sequence
+        The class of each row (same length as ``table``).
+    settings : ClassifierSettings, optional
+    feature_names : sequence of str, optional
+        Columns to use; by default :func:`feature_columns_for` with the settings' groups.
+
+    Raises
+    ------
+    ValueError
+        With fewer than two classes, or a row count that does not match the labels.
+    """
+    settings = settings or ClassifierSettings()
+    y = np.asarray([str(v) for v in labels], dtype=object)
+    if len(y) != len(table):
+        raise ValueError(f"{len(table)} rows but {len(y)} labels.")
+    classes = sorted(set(y))
+    if len(classes) < 2:
+        raise ValueError("Annotate cells of at least two classes before training.")
+    names = (
+        list(feature_names)
+        if feature_names is not None
+        else feature_columns_for(table, settings.feature_groups)
+    )
+    if not names:
+        raise ValueError("No numeric feature columns to learn from; measure the cells first.")
+    check_columns(names, table)
+    est = _estimator(settings)
+    _adapt(est, settings, len(y), int(np.unique(y, return_counts=True)[1].min()))
+    est.fit(_xy(table, names), y)
+    counts = {c: int((y == c).sum()) for c in classes}
+    return TrainedClassifier(est, classes, names, settings, len(y), counts)
+
+
+def predict(model: TrainedClassifier, table: pd.DataFrame) -> pd.DataFrame:
+    """Class, per-class probabilities and uncertainty for every row of ``table``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same index as ``table``: ``pheno_class`` (categorical over the classes),
+        ``pheno_proba_<class>`` for each class, and ``pheno_uncertainty`` (normalised
+        entropy of the probabilities, 0 = certain, 1 = uniform).
+    """
+    check_columns(model.feature_names, table)
+    n_classes = len(model.classes)
+    if len(table) == 0:
+        proba = np.zeros((0, n_classes))
+    else:
+        proba = model.estimator.predict_proba(_xy(table, model.feature_names))
+        order = [list(model.estimator.classes_).index(c) for c in model.classes]
+        proba = proba[:, order]
+    out = pd.DataFrame(index=table.index)
+    out["pheno_class"] = pd.Categorical.from_codes(
+        proba.argmax(axis=1) if len(proba) else np.zeros(0, int), categories=model.classes
+    )
+    for k, c in enumerate(model.classes):
+        out[f"pheno_proba_{c}"] = proba[:, k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(proba > 0, proba * np.log(proba), 0.0).sum(axis=1)
+    out["pheno_uncertainty"] = ent / np.log(n_classes)
+    return out
+
+
+def cross_validate(
+    table: pd.DataFrame,
+    labels: Sequence[Any],
+    settings: ClassifierSettings | None = None,
+    folds: int = 5,
+) -> dict[str, Any] | None:
+    """Stratified cross-validated quality of the classifier on the annotated cells.
+
+    Returns ``None`` while some class has fewer annotations than 2 (too few to split).
+    Otherwise a dict with ``accuracy``, ``balanced_accuracy``, ``precision`` and
+    ``recall`` per class, ``confusion`` (a DataFrame, true classes as rows), and
+    ``folds`` (the number of folds used: at most the smallest class count).
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    settings = settings or ClassifierSettings()
+    y = np.asarray([str(v) for v in labels], dtype=object)
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2 or counts.min() < 2:
+        return None
+    k = int(min(folds, counts.min()))
+    names = feature_columns_for(table, settings.feature_groups)
+    est = _estimator(settings)
+    # settings that depend on the data size follow the smallest training fold
+    _adapt(est, settings, len(y) - int(np.ceil(len(y) / k)), int(counts.min() - np.ceil(counts.min() / k)))
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=settings.seed)
+    pred = cross_val_predict(est, _xy(table, names), y, cv=cv)
+    p, r, _, _ = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "precision": dict(zip(classes.tolist(), p.tolist(), strict=True)),
+        "recall": dict(zip(classes.tolist(), r.tolist(), strict=True)),
+        "confusion": pd.DataFrame(confusion_matrix(y, pred, labels=classes), index=classes, columns=classes),
+        "folds": k,
+    }
