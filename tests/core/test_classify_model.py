@@ -121,9 +121,10 @@ def test_real_expert_labels_h2b(shared_data):
     y = df.pop("class_name").astype(str).to_numpy()
     majority = pd.Series(y).value_counts(normalize=True).iloc[0]
     cv = cross_validate(df, y, ClassifierSettings(seed=0), folds=5)
-    # measured 2026-11-21: accuracy 0.88, balanced accuracy 0.80 (majority class 0.41)
-    assert cv["accuracy"] >= 0.85 > majority + 0.4
-    assert cv["balanced_accuracy"] >= 0.75
+    # measured 2026-11-21 (random forest): accuracy 0.921, balanced accuracy 0.891; majority class 0.288
+    assert cv["accuracy"] >= 0.89
+    assert cv["accuracy"] > majority + 0.5
+    assert cv["balanced_accuracy"] >= 0.86
 
 
 @pytest.mark.parametrize("kind", ["svm", "knn"])
