@@ -46,8 +46,6 @@ def main() -> None:
     table = FeatureTableWidget(viewer)
     viewer.window.add_dock_widget(table, name="Cell table (napari-phenotyper)", area="bottom")
     seg.image.value = viewer.layers["nuclei"]
-    seg.estimate_diameter()
-    _wait(lambda: "Estimated" in seg.status.value)
     seg.run()
     _wait(lambda: seg._worker is None)
     labels = find_result_layer(viewer, viewer.layers["nuclei"])

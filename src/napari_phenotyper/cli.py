@@ -115,23 +115,24 @@ def _diameter_arg(value: str | None) -> float | str | None:
 def _segment_params(segmenter_name: str, args: argparse.Namespace, image: np.ndarray | None = None) -> Any:
     """The segmenter's parameters from ``--param`` and ``--diameter`` (``auto``: estimated on ``image``)."""
     from .core.params import params_from_mapping
+    from .core.pipeline import estimate_params_diameter
     from .core.segment import get_segmenter
 
     seg = get_segmenter(segmenter_name)
     values: dict[str, Any] = _parse_params(args.param)
     diameter = _diameter_arg(args.diameter)
     has_diameter = any(f == "diameter" for f in getattr(seg.params_type, "__dataclass_fields__", {}))
-    if diameter == "auto" and has_diameter and "diameter" not in values and image is not None:
-        if hasattr(seg, "estimate_diameter"):
-            values["diameter"] = float(seg.estimate_diameter(image))
-    elif isinstance(diameter, float):
+    if isinstance(diameter, float):
         if not has_diameter:
             raise CLIError(f"The {segmenter_name} segmenter has no diameter parameter.")
         values["diameter"] = diameter
     try:
-        return params_from_mapping(seg.params_type, values)
+        params = params_from_mapping(seg.params_type, values)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if diameter == "auto" and has_diameter and "diameter" not in values and image is not None:
+        params = estimate_params_diameter(segmenter_name, params, image)
+    return params
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:

@@ -37,6 +37,8 @@ def test_segment_sample_in_background(viewer_with_sample, qtbot):
     viewer.window.add_dock_widget(widget)
     image = viewer.layers["nuclei"]
     widget.image.value = image
+    widget.auto_diameter.value = False
+    assert widget.form.editors["diameter"].enabled
     widget.form.set_value("diameter", 16.0)
     widget.groups["texture"].value = False  # keep it quick
     progress = []
@@ -126,9 +128,22 @@ def test_rgb_channel_choice(make_napari_viewer, qtbot):
     widget.image.value = layer
     assert widget.channel.enabled
     widget.channel.value = 0
+    widget.auto_diameter.value = False
     widget.form.set_value("diameter", 20.0)
     widget.groups["texture"].value = False
     _run_and_wait(qtbot, widget)
     labels = find_result_layer(viewer, layer)
     assert labels.data.shape == (96, 96)
     assert len(np.unique(labels.data)) - 1 == 1 and labels.data[30, 30] > 0 and labels.data[70, 70] == 0
+
+
+def test_auto_diameter_is_estimated_in_the_worker_and_shown(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    widget = SegmentWidget(viewer)
+    widget.image.value = viewer.layers["nuclei"]
+    assert widget.auto_diameter.value and not widget.form.editors["diameter"].enabled
+    widget.groups["texture"].value = False
+    _run_and_wait(qtbot, widget)
+    used = find_result_layer(viewer, viewer.layers["nuclei"]).metadata[META_KEY]["params"]["diameter"]
+    assert 15 < used < 30 and used != 30.0  # estimated, not the default
+    assert widget.form.editors["diameter"].value == pytest.approx(used)

@@ -57,7 +57,12 @@ class SegmentWidget(Container):
             value="classical" if "classical" in specs else None,
         )
         self.params_box = Container(labels=False)
-        self.estimate = PushButton(text="Estimate diameter from image")
+        self.estimate = PushButton(text="Estimate diameter now")
+        self.auto_diameter = CheckBox(
+            text="estimate the diameter on every run",
+            value=True,
+            tooltip="Measure the typical object diameter on the image before segmenting (like --diameter auto)",
+        )
         self.measure_in = Select(
             label="measure in",
             choices=self._measure_choices,
@@ -78,6 +83,7 @@ class SegmentWidget(Container):
                 self.channel,
                 self.segmenter,
                 self.params_box,
+                self.auto_diameter,
                 self.estimate,
                 self.measure_in,
                 groups_box,
@@ -92,6 +98,7 @@ class SegmentWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.estimate.changed.connect(self.estimate_diameter)
+        self.auto_diameter.changed.connect(self._sync_diameter_editor)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._on_segmenter_changed(self.segmenter.value)
@@ -134,9 +141,21 @@ class SegmentWidget(Container):
             return
         self.form = ParamsForm(self._segmenter_obj.params_type)
         self.params_box.append(self.form)
-        self.estimate.visible = (
-            hasattr(self._segmenter_obj, "estimate_diameter") and "diameter" in self.form.editors
+        can = hasattr(self._segmenter_obj, "estimate_diameter") and "diameter" in self.form.editors
+        self.estimate.visible = self.auto_diameter.visible = can
+        self._sync_diameter_editor()
+
+    def _auto_diameter_on(self) -> bool:
+        return bool(
+            self.auto_diameter.value
+            and "diameter" in self.form.editors
+            and hasattr(self._segmenter_obj, "estimate_diameter")
         )
+
+    def _sync_diameter_editor(self, _value: Any = None) -> None:
+        form = getattr(self, "form", None)
+        if form is not None and "diameter" in form.editors:
+            form.editors["diameter"].enabled = not self._auto_diameter_on()
 
     # ---- reading the controls -----------------------------------------------------
     def request(self) -> SegmentRequest:
@@ -151,7 +170,14 @@ class SegmentWidget(Container):
         measure = MeasureParams(groups=groups)
         intens = tuple((lyr.name, _level0(lyr), lyr.rgb) for lyr in self.measure_in.value)
         return SegmentRequest(
-            _level0(layer), layer.rgb, self.segmenter.value, params, self.channel.value, intens, measure
+            _level0(layer),
+            layer.rgb,
+            self.segmenter.value,
+            params,
+            self.channel.value,
+            intens,
+            measure,
+            auto_diameter=self._auto_diameter_on(),
         )
 
     # ---- actions ------------------------------------------------------------------
@@ -235,6 +261,8 @@ class SegmentWidget(Container):
             return
         upsert_labels(self.viewer, source, result.labels, result.features, result.provenance)
         prov = result.provenance
+        if "diameter" in prov.get("params", {}) and "diameter" in self.form.editors:
+            self.form.set_value("diameter", prov["params"]["diameter"])  # show what was used
         self.progress.value = 1000
         self.status.value = (
             f"{len(result.features)} cells · {prov['segmenter']} on {prov['device']} · "

@@ -16,7 +16,13 @@ import numpy as np
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..core.pipeline import MeasureParams, SegmentResult, iter_segment_and_measure, select_channel
+from ..core.pipeline import (
+    MeasureParams,
+    SegmentResult,
+    estimate_params_diameter,
+    iter_segment_and_measure,
+    select_channel,
+)
 from ..core.progress import Progress
 
 __all__ = ["SegmentRequest", "segment_job", "start_job", "user_message"]
@@ -108,6 +114,7 @@ class SegmentRequest:
     channel: int | None
     intensities: tuple[tuple[str, Any, bool], ...]  # (name, data, rgb)
     measure: MeasureParams
+    auto_diameter: bool = False  # estimate the diameter on the image first (in the worker)
 
 
 def _as_plane_array(data: Any, rgb: bool) -> np.ndarray:
@@ -120,10 +127,16 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
     yield Progress(0, 1, "Loading image")
     image = np.asarray(request.image)
     intensities = {name: _as_plane_array(data, rgb) for name, data, rgb in request.intensities} or None
+    params = request.params
+    if request.auto_diameter:
+        yield Progress(0, 1, "Estimating the object diameter")
+        params = estimate_params_diameter(
+            request.segmenter, params, select_channel(image, -1 if request.rgb else None, request.channel)
+        )
     result = yield from iter_segment_and_measure(
         image,
         request.segmenter,
-        request.params,
+        params,
         channel_axis=-1 if request.rgb else None,
         channel=request.channel,
         intensities=intensities,

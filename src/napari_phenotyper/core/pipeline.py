@@ -29,6 +29,7 @@ __all__ = [
     "PLANE_PREFIX",
     "MeasureParams",
     "SegmentResult",
+    "estimate_params_diameter",
     "iter_measure",
     "iter_segment",
     "iter_segment_and_measure",
@@ -129,6 +130,22 @@ def select_channel(
     if not 0 <= channel < n:
         raise SegmentationError(f"Channel {channel} does not exist: this image has {n} channels (0-{n - 1}).")
     return np.take(image, channel, axis=axis)
+
+
+def estimate_params_diameter(segmenter: str, params: Any, image: np.ndarray) -> Any:
+    """``params`` with its ``diameter`` estimated on ``image`` (its first plane for a stack).
+
+    Unchanged when the segmenter has no ``estimate_diameter`` or no ``diameter`` parameter.
+    """
+    seg = get_segmenter(segmenter)
+    params = params if params is not None else seg.params_type()
+    fields = {f.name for f in dataclasses.fields(params)}
+    if "diameter" not in fields or not hasattr(seg, "estimate_diameter"):
+        return params
+    plane = np.asarray(image)
+    while plane.ndim > seg.spatial_ndim:
+        plane = plane[0]
+    return dataclasses.replace(params, diameter=round(float(seg.estimate_diameter(plane)), 1))
 
 
 def iter_segment(
