@@ -145,7 +145,7 @@ def estimate_params_diameter(segmenter: str, params: Any, image: np.ndarray) -> 
     plane = np.asarray(image)
     while plane.ndim > seg.spatial_ndim:
         plane = plane[0]
-    return dataclasses.replace(params, diameter=round(float(seg.estimate_diameter(plane)), 1))
+    return dataclasses.replace(params, diameter=float(seg.estimate_diameter(plane)))
 
 
 def iter_segment(
