@@ -147,3 +147,14 @@ def test_auto_diameter_is_estimated_in_the_worker_and_shown(viewer_with_sample, 
     used = find_result_layer(viewer, viewer.layers["nuclei"]).metadata[META_KEY]["params"]["diameter"]
     assert 15 < used < 30 and used != 30.0  # estimated, not the default
     assert widget.form.editors["diameter"].value == pytest.approx(used, abs=0.01)  # shown to 2 decimals
+
+
+def test_estimate_button_fills_the_diameter(viewer_with_sample, qtbot):
+    widget = SegmentWidget(viewer_with_sample)
+    widget.image.value = viewer_with_sample.layers["nuclei"]
+    widget.auto_diameter.value = False
+    widget.estimate_diameter()
+    with qtbot.waitSignal(widget._estimate_worker.finished, timeout=30_000):
+        pass
+    qtbot.waitUntil(lambda: "Estimated diameter" in widget.status.value, timeout=5000)
+    assert 15 < widget.form.editors["diameter"].value < 30

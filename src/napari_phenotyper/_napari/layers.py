@@ -66,7 +66,7 @@ def upsert_labels(
         **provenance,
         "source_layer": source.name,
         "source_layer_id": str(source.unique_id),
-        "source_path": str((getattr(source, "source", None) and source.source.path) or "") or None,
+        "source_path": source.source.path,  # None for layers not opened from a file
     }
     layer = find_result_layer(viewer, source)
     if layer is None:

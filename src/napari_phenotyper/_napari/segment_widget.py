@@ -11,7 +11,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..core.features import FEATURE_GROUPS
-from ..core.pipeline import MeasureParams, SegmentResult
+from ..core.pipeline import MeasureParams, SegmentResult, estimate_params_diameter, select_channel
 from ..core.progress import Progress
 from ..core.segment import get_segmenter
 from ..core.segment.registry import available
@@ -221,15 +221,11 @@ class SegmentWidget(Container):
         if layer is None or seg is None or not hasattr(seg, "estimate_diameter"):
             show_error("Select an image (and a segmenter with a diameter) first.")
             return
-        data, rgb, channel = _level0(layer), layer.rgb, self.channel.value
+        data, rgb, channel, name = _level0(layer), layer.rgb, self.channel.value, self.segmenter.value
 
         def _estimate() -> float:
-            from ..core.pipeline import select_channel
-
             img = select_channel(np.asarray(data), -1 if rgb else None, channel)
-            while img.ndim > 2:  # a stack: estimate on its first plane
-                img = img[0]
-            return float(seg.estimate_diameter(img))
+            return float(estimate_params_diameter(name, None, img).diameter)
 
         worker = create_worker(_estimate, _start_thread=False)
         worker.returned.connect(self._on_estimated)
