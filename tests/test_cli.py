@@ -58,6 +58,8 @@ def test_segment_folder_skips_bad_image(tmp_path, capsys):
     cells = pd.read_csv(tmp_path / "out" / "cells.csv")
     assert cells.groupby("image").size().to_dict() == {"img0": 1, "img1": 2}
     assert "RESULT n_images=2 n_failed=1 n_cells=3" in captured.out
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.to_dict("list") == {"image": ["img0", "img1"], "n_cells": [1, 2]}
     manifest = json.loads((tmp_path / "out" / "run.json").read_text())
     assert set(manifest["images"]) == {"img0", "img1"}
     assert manifest["images"]["img0"]["params"]["diameter"] == 18.0

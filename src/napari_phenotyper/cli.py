@@ -1,6 +1,6 @@
 """Command line: the same pipeline as the napari widgets, headless.
 
-napari-phenotyper segment IMAGES... --out DIR       segment + measure, write labels and a CSV
+napari-phenotyper segment IMAGES... --out DIR       segment + measure, write labels, cells.csv, summary.csv
 napari-phenotyper segment --sample nuclei --out DIR  the built-in sample (with ground truth)
 napari-phenotyper evaluate --images DIR --masks DIR  accuracy against instance masks
 """
@@ -143,7 +143,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .core.pipeline import MeasureParams, iter_segment_and_measure
     from .core.progress import run, sub_progress
     from .io.atomic import atomic_write_text
-    from .io.export import table_for_export, write_labels_tiff, write_table_csv
+    from .io.export import table_for_export, write_labels_tiff, write_summary_csv, write_table_csv
     from .io.images import read_image, to_grayscale
 
     if not args.inputs and not args.sample:
@@ -178,6 +178,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
 
     tables, failures, scores, provenance = [], [], [], {}
+    per_image: dict[str, pd.DataFrame] = {}  # for the summary: categoricals intact
     t0 = time.perf_counter()
     with _progress_bar(len(jobs), args.quiet) as bar:
         for i, (name, load, truth) in enumerate(jobs):
@@ -199,6 +200,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             if not args.no_labels:
                 write_labels_tiff(result.labels, out / f"{name}_labels.tif")
             tables.append(table_for_export(result.features, name))
+            per_image[name] = result.features
             provenance[name] = result.provenance
             line = f"{name}: {len(result.features)} cells ({result.provenance['device']}, {result.provenance['segment_seconds']:.2f} s segment, {result.provenance['measure_seconds']:.2f} s measure)"
             if truth is not None:
@@ -211,7 +213,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if tables:
         table = pd.concat(tables, ignore_index=True)
         csv = write_table_csv(table, out / "cells.csv")
-        print(f"Wrote {len(table)} cells from {len(tables)} image(s) to {csv}")
+        summary = write_summary_csv(per_image, out / "summary.csv")
+        print(
+            f"Wrote {len(table)} cells from {len(tables)} image(s) to {csv} and the summary to {summary.name}"
+        )
     n_cells = sum(len(t) for t in tables)
     manifest = {
         "napari_phenotyper": __version__,
@@ -292,7 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    seg = sub.add_parser("segment", help="segment and measure images; write label TIFFs and a per-cell CSV")
+    seg = sub.add_parser(
+        "segment",
+        help="segment and measure images; write label TIFFs, a per-cell CSV and a per-image summary",
+    )
     seg.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
     seg.add_argument(
         "--sample",

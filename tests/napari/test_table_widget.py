@@ -124,6 +124,64 @@ def test_export_csv_and_writer(segmented, tmp_path):
     assert pd.read_csv(path).equals(df)
 
 
+def _classify(labels):
+    """Put phenotype columns on the layer as the classifier widget would (empty class 'dead')."""
+    features = labels.features.copy()
+    n = len(features)
+    features["pheno_class"] = pd.Categorical(
+        ["live"] * (n - 1) + ["mitotic"], categories=["live", "mitotic", "dead"]
+    )
+    features["pheno_proba_live"] = [0.8] * (n - 1) + [0.1]
+    features["pheno_proba_mitotic"] = 1 - features["pheno_proba_live"]
+    features["pheno_proba_dead"] = 0.0
+    features["pheno_uncertainty"] = 0.5
+    features["pheno_annotation"] = pd.Categorical(
+        ["mitotic"] + [None] * (n - 1), categories=["live", "mitotic"]
+    )
+    labels.features = features
+
+
+def test_export_with_phenotypes_writes_summary(segmented, tmp_path):
+    viewer, labels, widget = segmented
+    out = tmp_path / "plate_cells.csv"
+    assert widget.export_csv(out) == out
+    assert not (tmp_path / "plate_cells_summary.csv").exists()  # no phenotype columns yet
+
+    _classify(labels)
+    assert widget.export_csv(out) == out
+    df = pd.read_csv(out)
+    assert list(df.columns[:8]) == [
+        "image",
+        "label",
+        "pheno_annotation",
+        "pheno_class",
+        "pheno_proba_live",
+        "pheno_proba_mitotic",
+        "pheno_proba_dead",
+        "pheno_uncertainty",
+    ]
+    assert df["pheno_class"].tolist() == ["live", "live", "mitotic"]
+    summary = pd.read_csv(tmp_path / "plate_cells_summary.csv")
+    assert summary["image"].tolist() == ["cells"]
+    row = summary.iloc[0]
+    # the first cell is annotated mitotic: the annotation wins over its 'live' prediction
+    assert (row["n_cells"], row["n_annotated"], row["n_live"], row["n_mitotic"], row["n_dead"]) == (
+        3,
+        1,
+        1,
+        2,
+        0,
+    )
+    assert row["fraction_mitotic"] == pytest.approx(2 / 3) and row["mean_uncertainty"] == 0.5
+
+    # the npe2 writer writes both and returns both paths
+    path = tmp_path / "via_napari.csv"
+    written = labels.save(str(path), plugin="napari-phenotyper")
+    assert written == [str(path), str(tmp_path / "via_napari_summary.csv")]
+    assert pd.read_csv(path).equals(df)
+    assert pd.read_csv(written[1]).equals(summary)
+
+
 def test_writer_refuses_layer_without_table(tmp_path):
     with pytest.raises(ValueError, match="no per-cell table"):
         write_cell_table(

@@ -22,7 +22,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io.export import write_table_csv
+from ..core.profiles import has_phenotype_columns
+from ..io.export import summary_path, write_summary_csv, write_table_csv
 from .layers import source_of, table_of
 
 if TYPE_CHECKING:
@@ -255,9 +256,11 @@ class FeatureTableWidget(QWidget):
 
     # ---- export --------------------------------------------------------------------
     def export_csv(self, path: str | Path | None = None) -> Path | None:
-        """Save the table (image name, label, every feature) as CSV, atomically.
+        """Save the table (image name, label, phenotype columns, every feature) as CSV, atomically.
 
-        Without ``path``, asks for one with a file dialog.
+        When the table has phenotype columns, also saves the image's summary (cells per
+        class, proportions) as ``<stem>_summary.csv`` beside it. Without ``path``, asks
+        for one with a file dialog. Returns the per-cell file's path, or ``None``.
         """
         layer = self._layer
         if layer is None or self.model.frame.empty:
@@ -269,10 +272,19 @@ class FeatureTableWidget(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Export cell table", suggested, "CSV (*.csv)")
             if not path:
                 return None
+        table = table_of(layer)
         try:
-            out = write_table_csv(table_of(layer), path, image_name=image_name)
+            out = write_table_csv(table, path, image_name=image_name)
         except (OSError, ValueError) as exc:
             show_error(f"Could not save {path}: {exc}")
             return None
-        show_info(f"Saved {len(self.model.frame)} cells to {out}")
+        message = f"Saved {len(table)} cells to {out}"
+        if has_phenotype_columns(table):
+            try:
+                summary = write_summary_csv({image_name: table}, summary_path(out))
+            except (OSError, ValueError) as exc:
+                show_error(f"Saved the cells to {out}, but not the summary: {exc}")
+                return out
+            message += f" and the summary to {summary.name}"
+        show_info(message)
         return out
