@@ -8,7 +8,17 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Layer
 
-__all__ = ["META_KEY", "features_for_layer", "find_result_layer", "source_of", "table_of", "upsert_labels"]
+__all__ = [
+    "META_KEY",
+    "camera",
+    "cell_world_position",
+    "features_for_layer",
+    "find_result_layer",
+    "fly_to_cell",
+    "source_of",
+    "table_of",
+    "upsert_labels",
+]
 
 #: Key of our provenance in ``layer.metadata``.
 META_KEY = "napari_phenotyper"
@@ -85,3 +95,61 @@ def upsert_labels(
         layer.metadata = {**layer.metadata, META_KEY: meta}
         layer.features = features_for_layer(features)
     return layer
+
+
+def camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` in napari >= 0.7, else ``viewer.camera``)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def cell_world_position(viewer: Any, layer: Labels, table: pd.DataFrame, label: int) -> np.ndarray | None:
+    """World coordinates of a cell's centroid (all axes of ``layer``), from its table row.
+
+    Uses the ``centroid_y``/``centroid_x`` columns and, for stacks, the ``axisN`` plane
+    columns; ``None`` when the table has no row or no centroid for ``label``.
+    """
+    hit = np.flatnonzero(table["label"].to_numpy() == int(label)) if "label" in table else []
+    if len(hit) == 0 or "centroid_y" not in table.columns:
+        return None
+    rec = table.iloc[int(hit[0])]
+    plane = [int(rec[c]) for c in table.columns if c.startswith("axis") and c[4:].isdigit()]
+    data_point = np.array([*plane, rec["centroid_y"], rec["centroid_x"]], dtype=float)
+    lead = layer.ndim - len(data_point)
+    if lead > 0:  # labels with more axes than the table knows: keep the current plane
+        current = np.asarray(viewer.dims.point)[-layer.ndim :]
+        data_point = np.concatenate([layer.world_to_data(current)[:lead], data_point])
+    return np.asarray(layer.data_to_world(data_point), dtype=float)
+
+
+def fly_to_cell(
+    viewer: Any, layer: Labels, table: pd.DataFrame, label: int, zoom_to: float | None = None
+) -> np.ndarray | None:
+    """Centre the camera on a cell (and move through the stack to its plane).
+
+    Parameters
+    ----------
+    zoom_to : float, optional
+        Zoom so that this many world units span the smaller side of the canvas
+        (e.g. ten cell diameters); ``None`` keeps the zoom.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The cell's world position, or ``None`` when it could not be found.
+    """
+    world = cell_world_position(viewer, layer, table, label)
+    if world is None:
+        return None
+    if len(world) > 2:
+        point = list(viewer.dims.point)
+        for i in range(len(world) - 2):
+            point[len(point) - len(world) + i] = world[i]
+        viewer.dims.point = point
+    cam = camera(viewer)
+    cam.center = tuple(world[-2:])
+    if zoom_to is not None and zoom_to > 0:
+        canvas = getattr(viewer, "canvas", None)
+        size = np.asarray(getattr(canvas, "size", (600, 800)), dtype=float)
+        cam.zoom = float(size[-2:].min()) / float(zoom_to)
+    return world

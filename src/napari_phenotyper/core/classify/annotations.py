@@ -67,6 +67,7 @@ class AnnotationStore:
         self.path = Path(path) if path is not None else None
         self._classes: dict[str, PhenotypeClass] = {}
         self._cells: dict[tuple[str, int], str] = {}
+        self._values: dict[tuple[str, int], float] = {}
         self.images: dict[str, dict[str, Any]] = {}
         self.settings: dict[str, Any] = {}
 
@@ -133,6 +134,38 @@ class AnnotationStore:
             self._cells[key] = class_name
             self._changed()
 
+    def set_value(self, image: str, label: int, value: float | None) -> None:
+        """Give cell ``label`` of ``image`` a continuous phenotype value (``None`` clears it).
+
+        Values (regression mode, e.g. cell-cycle progression) are kept apart from
+        class annotations; a cell may have both.
+        """
+        key = (str(image), int(label))
+        if key[1] <= 0:
+            raise ValueError("Background (label 0) cannot be annotated.")
+        if value is None:
+            if self._values.pop(key, None) is not None:
+                self._changed()
+            return
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"A phenotype value must be a finite number, not {value}.")
+        if self._values.get(key) != value:
+            self._values[key] = value
+            self._changed()
+
+    def get_value(self, image: str, label: int) -> float | None:
+        return self._values.get((str(image), int(label)))
+
+    def values(self, image: str) -> dict[int, float]:
+        """Label id -> value of the cells of ``image`` that were given one."""
+        image = str(image)
+        return {lab: v for (img, lab), v in self._values.items() if img == image}
+
+    @property
+    def n_values(self) -> int:
+        return len(self._values)
+
     def get(self, image: str, label: int) -> str | None:
         return self._cells.get((str(image), int(label)))
 
@@ -160,10 +193,28 @@ class AnnotationStore:
         """Re-key ``image``'s annotations after a re-segmentation (see
         :func:`~napari_phenotyper.core.classify.transfer.transfer_annotations`)."""
         image = str(image)
-        kept = {(image, int(new)): self._cells[(image, int(old))] for old, new in result.moved.items()}
+        kept = {
+            (image, int(new)): self._cells[(image, int(old))]
+            for old, new in result.moved.items()
+            if (image, int(old)) in self._cells
+        }
+        kept_values = {
+            (image, int(new)): self._values[(image, int(old))]
+            for old, new in result.moved.items()
+            if (image, int(old)) in self._values
+        }
         self._cells = {k: c for k, c in self._cells.items() if k[0] != image}
         self._cells.update(kept)
+        self._values = {k: v for k, v in self._values.items() if k[0] != image}
+        self._values.update(kept_values)
         self._changed()
+
+    def annotated_labels(self, image: str) -> dict[int, Any]:
+        """Every annotated label of ``image`` (class or value), for transfers."""
+        image = str(image)
+        out: dict[int, Any] = {lab: v for (img, lab), v in self._values.items() if img == image}
+        out.update({lab: c for (img, lab), c in self._cells.items() if img == image})
+        return out
 
     def register_image(self, key: str, path: str | os.PathLike | None = None, **extra: Any) -> None:
         """Remember where an image came from (path and content hash) to restore sessions."""
@@ -180,6 +231,9 @@ class AnnotationStore:
             "version": _SESSION_VERSION,
             "classes": [{"name": c.name, "color": c.color} for c in self._classes.values()],
             "annotations": [{"image": i, "label": lab, "class": c} for i, lab, c in self],
+            "values": [
+                {"image": i, "label": lab, "value": v} for (i, lab), v in sorted(self._values.items())
+            ],
             "images": self.images,
             "settings": self.settings,
         }
@@ -216,7 +270,9 @@ class AnnotationStore:
                 store._classes[str(c["name"])] = PhenotypeClass(str(c["name"]), str(c["color"]))
             for a in data["annotations"]:
                 store.annotate(str(a["image"]), int(a["label"]), str(a["class"]))
-        except (KeyError, TypeError) as exc:
+            for a in data.get("values") or []:
+                store.set_value(str(a["image"]), int(a["label"]), float(a["value"]))
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: malformed session ({exc}).") from None
         store.images = dict(data.get("images") or {})
         store.settings = dict(data.get("settings") or {})

@@ -23,7 +23,10 @@ __all__ = [
     "check_columns",
     "cross_validate",
     "feature_columns_for",
+    "feature_matrix",
     "predict",
+    "predict_proba",
+    "prediction_frame",
     "train",
 ]
 
@@ -65,14 +68,21 @@ class ClassifierSettings:
         phenotype is not ignored.
     seed : int
         Random seed (forests, boosting, cross-validation splits).
+    trees : int
+        Trees of a random forest (default 100). Fewer trees retrain and predict
+        faster (the live loop's cost is dominated by predicting every cell with every
+        tree); more give smoother probabilities.
     """
 
     kind: Literal["random_forest", "gradient_boosting", "logistic_regression", "svm", "knn"] = "random_forest"
     feature_groups: tuple[str, ...] | None = None
     balanced: bool = True
     seed: int = 0
+    trees: int = 100
 
     def __post_init__(self) -> None:
+        if int(self.trees) < 1:
+            raise ValueError(f"A forest needs at least one tree, not {self.trees}.")
         if self.kind not in CLASSIFIERS:
             raise ValueError(f"Unknown classifier {self.kind!r}; choose one of {', '.join(CLASSIFIERS)}.")
         if self.feature_groups is not None:
@@ -136,7 +146,7 @@ def _estimator(settings: ClassifierSettings) -> Any:
     kind = settings.kind
     if kind == "random_forest":
         model = RandomForestClassifier(
-            n_estimators=200, class_weight=weight, random_state=settings.seed, n_jobs=1
+            n_estimators=int(settings.trees), class_weight=weight, random_state=settings.seed, n_jobs=1
         )
         return make_pipeline(SimpleImputer(strategy="median"), model)
     if kind == "gradient_boosting":
@@ -190,6 +200,8 @@ def train(
     labels: Sequence[Any],
     settings: ClassifierSettings | None = None,
     feature_names: Sequence[str] | None = None,
+    *,
+    n_jobs: int = 1,
 ) -> TrainedClassifier:
     """Fit a classifier on the annotated cells.
 
@@ -202,6 +214,9 @@ def train(
     settings : ClassifierSettings, optional
     feature_names : sequence of str, optional
         Columns to use; by default :func:`feature_columns_for` with the settings' groups.
+    n_jobs : int
+        Threads of a random forest, for fitting and later predicting (-1: all cores).
+        Results do not depend on it.
 
     Raises
     ------
@@ -225,9 +240,50 @@ def train(
     check_columns(names, table)
     est = _estimator(settings)
     _adapt(est, settings, len(y), int(np.unique(y, return_counts=True)[1].min()))
+    if settings.kind == "random_forest":
+        est.set_params(randomforestclassifier__n_jobs=n_jobs)
     est.fit(_xy(table, names), y)
     counts = {c: int((y == c).sum()) for c in classes}
     return TrainedClassifier(est, classes, names, settings, len(y), counts)
+
+
+def feature_matrix(table: pd.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
+    """The float32 matrix a classifier predicts from (inf -> NaN, imputed by the model).
+
+    Converting a large table is a noticeable part of a prediction; callers that
+    predict the same cells repeatedly (the live loop) compute it once and pass it
+    to :func:`predict_proba`.
+    """
+    X = table[list(feature_names)].to_numpy(dtype=np.float32, copy=True)
+    X[~np.isfinite(X)] = np.nan
+    return X
+
+
+def predict_proba(model: TrainedClassifier, X: np.ndarray) -> np.ndarray:
+    """Class probabilities of the rows of ``X`` (columns in ``model.classes`` order)."""
+    n_classes = len(model.classes)
+    if len(X) == 0:
+        return np.zeros((0, n_classes))
+    proba = model.estimator.predict_proba(X)
+    order = [list(model.estimator.classes_).index(c) for c in model.classes]
+    return np.asarray(proba[:, order])
+
+
+def prediction_frame(
+    model: TrainedClassifier, proba: np.ndarray, index: pd.Index | None = None
+) -> pd.DataFrame:
+    """``pheno_class``, ``pheno_proba_<class>`` and ``pheno_uncertainty`` from probabilities."""
+    n_classes = len(model.classes)
+    out = pd.DataFrame(index=index if index is not None else pd.RangeIndex(len(proba)))
+    out["pheno_class"] = pd.Categorical.from_codes(
+        proba.argmax(axis=1) if len(proba) else np.zeros(0, int), categories=model.classes
+    )
+    for k, c in enumerate(model.classes):
+        out[f"pheno_proba_{c}"] = proba[:, k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(proba > 0, proba * np.log(proba), 0.0).sum(axis=1)
+    out["pheno_uncertainty"] = ent / np.log(n_classes)
+    return out
 
 
 def predict(model: TrainedClassifier, table: pd.DataFrame) -> pd.DataFrame:
@@ -241,23 +297,8 @@ def predict(model: TrainedClassifier, table: pd.DataFrame) -> pd.DataFrame:
         entropy of the probabilities, 0 = certain, 1 = uniform).
     """
     check_columns(model.feature_names, table)
-    n_classes = len(model.classes)
-    if len(table) == 0:
-        proba = np.zeros((0, n_classes))
-    else:
-        proba = model.estimator.predict_proba(_xy(table, model.feature_names))
-        order = [list(model.estimator.classes_).index(c) for c in model.classes]
-        proba = proba[:, order]
-    out = pd.DataFrame(index=table.index)
-    out["pheno_class"] = pd.Categorical.from_codes(
-        proba.argmax(axis=1) if len(proba) else np.zeros(0, int), categories=model.classes
-    )
-    for k, c in enumerate(model.classes):
-        out[f"pheno_proba_{c}"] = proba[:, k]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.where(proba > 0, proba * np.log(proba), 0.0).sum(axis=1)
-    out["pheno_uncertainty"] = ent / np.log(n_classes)
-    return out
+    proba = predict_proba(model, feature_matrix(table, model.feature_names))
+    return prediction_frame(model, proba, table.index)
 
 
 def cross_validate(

@@ -1,0 +1,1037 @@
+"""The "Phenotypes" dock widget: classes, key-press annotation, live retraining, next cell.
+
+The widget owns the session state (an :class:`AnnotationStore`, the latest
+predictions and a feature-matrix cache) and forwards every computation to
+:mod:`napari_phenotyper.core.classify` through thread workers. Results go into each
+labels layer's ``features`` (``pheno_annotation``, ``pheno_class``,
+``pheno_proba_<class>``, ``pheno_uncertainty``; ``pheno_value*`` in value mode) and
+into a display-only phenotype view layer above it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from napari.layers import Labels, Points
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QColorDialog,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.classify.annotations import AnnotationStore
+from ..core.classify.engine import (
+    MatrixCache,
+    Proposal,
+    TrainResult,
+    annotation_column,
+    feature_importances,
+    iter_quality,
+    iter_train_predict,
+    propose,
+)
+from ..core.classify.model import CLASSIFIERS, FEATURE_GROUP_NAMES, ClassifierSettings
+from ..core.classify.query import STRATEGIES
+from ..core.classify.transfer import transfer_annotations
+from .layers import META_KEY, features_for_layer, fly_to_cell, source_of, table_of
+from .phenotype_view import VIEW_ROLE, find_view, update_view
+from .workers import start_job, user_message
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["PhenotypeWidget", "default_session_path"]
+
+#: Milliseconds between the last annotation and the start of a retrain.
+DEBOUNCE_MS = 150
+PHENO_PREFIX = "pheno_"
+DISPLAY_MODES = {
+    "predictions": "Predicted classes",
+    "annotations": "Annotations only",
+    "uncertainty": "Uncertainty (heat map)",
+    "value": "Values (colour map)",
+}
+CLASS_KEYS = [str(k) for k in range(1, 10)]
+
+
+def default_session_path() -> Path:
+    """Where a new session is autosaved: ``$NAPARI_PHENOTYPER_HOME/sessions`` (default
+    ``~/.napari-phenotyper/sessions``), one file per session, named by its start time."""
+    home = Path(os.environ.get("NAPARI_PHENOTYPER_HOME") or Path.home() / ".napari-phenotyper")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return home / "sessions" / f"session-{stamp}.json"
+
+
+def _swatch(color: str) -> QIcon:
+    pix = QPixmap(14, 14)
+    pix.fill(QColor(color))
+    return QIcon(pix)
+
+
+def layer_key(layer: Labels) -> str:
+    """The image key of a labels layer's annotations: the image file when known, else the name."""
+    meta = source_of(layer)
+    path = meta.get("source_path") or getattr(layer.source, "path", None)
+    return str(path) if path else f"layer:{layer.name}"
+
+
+class PhenotypeWidget(QWidget):
+    """Teach a phenotype classifier by annotating cells; see the user guide."""
+
+    def __init__(
+        self, napari_viewer: napari.viewer.Viewer, session_path: str | os.PathLike | None = None
+    ) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.store = AnnotationStore(session_path or default_session_path())
+        self.cache = MatrixCache()
+        self.result: TrainResult | None = None
+        self.quality: dict[str, Any] | None = None
+        self.importances: pd.Series | None = None
+        self.current: tuple[Labels, int] | None = None  # the proposed / selected cell
+        self.lost: list[tuple[str, int, Any]] = []  # annotations lost in the last transfer
+        self._tables: dict[int, pd.DataFrame] = {}  # layer id -> feature table (no pheno columns)
+        self._snapshots: dict[int, np.ndarray] = {}  # layer id -> labels as last seen
+        self._keys: dict[int, str] = {}  # layer id -> image key
+        self._tracked: dict[int, Labels] = {}
+        self._writing = False
+        self._worker: Any = None
+        self._quality_worker: Any = None
+        self._pending = False
+        self._quality_pending = False
+        self._advance = False
+        self._bound: list[Any] = []  # keymap owners we bound keys on
+        self._build()
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.retrain)
+        self.viewer.layers.events.inserted.connect(self._sync_layers)
+        self.viewer.layers.events.removed.connect(self._sync_layers)
+        self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+        self._bind_keys(self.viewer)
+        self._sync_layers()
+        self._refresh_classes()
+
+    # ---- UI ------------------------------------------------------------------------
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+
+        top = QFormLayout()
+        self.mode = QComboBox()
+        self.mode.addItem("Classes", "classification")
+        self.mode.addItem("Values (regression)", "regression")
+        self.mode.currentIndexChanged.connect(self._on_mode_changed)
+        top.addRow("Phenotype", self.mode)
+        root.addLayout(top)
+
+        # classes
+        self.class_box = QGroupBox("Classes (keys 1-9 annotate, 0 / Backspace clear)")
+        lay = QVBoxLayout(self.class_box)
+        self.class_list = QListWidget()
+        self.class_list.setMaximumHeight(150)
+        lay.addWidget(self.class_list)
+        row = QHBoxLayout()
+        self.add_btn = QPushButton("Add")
+        self.rename_btn = QPushButton("Rename")
+        self.color_btn = QPushButton("Colour")
+        self.delete_btn = QPushButton("Delete")
+        for b, f in (
+            (self.add_btn, self._ask_add_class),
+            (self.rename_btn, self._ask_rename_class),
+            (self.color_btn, self._ask_recolor_class),
+            (self.delete_btn, self._ask_delete_class),
+        ):
+            b.clicked.connect(f)
+            row.addWidget(b)
+        lay.addLayout(row)
+        root.addWidget(self.class_box)
+
+        # values
+        self.value_box = QGroupBox("Values (keys 1-9: from min to max, 0 / Backspace clear)")
+        form = QFormLayout(self.value_box)
+        self.value_min = QDoubleSpinBox()
+        self.value_max = QDoubleSpinBox()
+        self.value = QDoubleSpinBox()
+        for w in (self.value_min, self.value_max, self.value):
+            w.setRange(-1e9, 1e9)
+            w.setDecimals(3)
+            w.setSingleStep(0.05)
+        self.value_max.setValue(1.0)
+        self.value.setValue(0.5)
+        rng = QHBoxLayout()
+        rng.addWidget(self.value_min)
+        rng.addWidget(QLabel("to"))
+        rng.addWidget(self.value_max)
+        form.addRow("Range", rng)
+        vrow = QHBoxLayout()
+        vrow.addWidget(self.value)
+        self.assign_btn = QPushButton("Assign to cell")
+        self.assign_btn.clicked.connect(lambda: self.annotate_current(value=self.value.value()))
+        vrow.addWidget(self.assign_btn)
+        form.addRow("Value", vrow)
+        self.value_box.setVisible(False)
+        root.addWidget(self.value_box)
+
+        # learning
+        learn = QGroupBox("Classifier")
+        form = QFormLayout(learn)
+        self.kind = QComboBox()
+        for k, name in CLASSIFIERS.items():
+            self.kind.addItem(name, k)
+        self.kind.currentIndexChanged.connect(self._settings_changed)
+        form.addRow("Model", self.kind)
+        groups = QHBoxLayout()
+        self.groups: dict[str, QCheckBox] = {}
+        for g in FEATURE_GROUP_NAMES:
+            cb = QCheckBox(g)
+            cb.setChecked(True)
+            cb.toggled.connect(self._settings_changed)
+            self.groups[g] = cb
+            groups.addWidget(cb)
+        form.addRow("Features", groups)
+        opts = QHBoxLayout()
+        self.auto = QCheckBox("Retrain after each annotation")
+        self.auto.setChecked(True)
+        self.retrain_btn = QPushButton("Retrain now")
+        self.retrain_btn.clicked.connect(self.retrain)
+        opts.addWidget(self.auto)
+        opts.addWidget(self.retrain_btn)
+        form.addRow(opts)
+        self.display = QComboBox()
+        for k, name in DISPLAY_MODES.items():
+            self.display.addItem(name, k)
+        self.display.currentIndexChanged.connect(lambda _i: self.refresh_views())
+        form.addRow("Show", self.display)
+        self.click_mode = QCheckBox("Click a cell to give it the selected class (click again to clear)")
+        form.addRow(self.click_mode)
+        root.addWidget(learn)
+
+        # active learning
+        al = QGroupBox("Active learning")
+        form = QFormLayout(al)
+        self.strategy = QComboBox()
+        for name in STRATEGIES:
+            self.strategy.addItem(name, name)
+        self.strategy.setCurrentText("margin")
+        form.addRow("Strategy", self.strategy)
+        nrow = QHBoxLayout()
+        self.next_btn = QPushButton("Next cell (N)")
+        self.next_btn.clicked.connect(self.next_cell)
+        self.auto_next = QCheckBox("go on after each answer")
+        self.auto_next.setChecked(True)
+        nrow.addWidget(self.next_btn)
+        nrow.addWidget(self.auto_next)
+        form.addRow(nrow)
+        qrow = QHBoxLayout()
+        self.queue_k = QSpinBox()
+        self.queue_k.setRange(1, 200)
+        self.queue_k.setValue(10)
+        self.queue_btn = QPushButton("Propose a queue")
+        self.queue_btn.clicked.connect(self.fill_queue)
+        qrow.addWidget(self.queue_k)
+        qrow.addWidget(self.queue_btn)
+        form.addRow("Queue", qrow)
+        self.queue = QListWidget()
+        self.queue.setMaximumHeight(120)
+        self.queue.itemClicked.connect(self._on_queue_clicked)
+        form.addRow(self.queue)
+        root.addWidget(al)
+
+        # quality
+        qual = QGroupBox("Quality")
+        lay = QVBoxLayout(qual)
+        self.quality_label = QLabel("Annotate cells of at least two classes.")
+        self.quality_label.setWordWrap(True)
+        lay.addWidget(self.quality_label)
+        self.confusion = QTableWidget()
+        self.confusion.setMaximumHeight(160)
+        lay.addWidget(self.confusion)
+        self.importance_label = QLabel("")
+        self.importance_label.setWordWrap(True)
+        lay.addWidget(self.importance_label)
+        root.addWidget(qual)
+
+        # session
+        srow = QHBoxLayout()
+        self.save_session_btn = QPushButton("Save session as…")
+        self.save_session_btn.clicked.connect(self._ask_save_session)
+        self.open_session_btn = QPushButton("Open session…")
+        self.open_session_btn.clicked.connect(self._ask_open_session)
+        self.save_clf_btn = QPushButton("Save classifier…")
+        self.save_clf_btn.clicked.connect(self._ask_save_classifier)
+        for b in (self.save_session_btn, self.open_session_btn, self.save_clf_btn):
+            srow.addWidget(b)
+        root.addLayout(srow)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+        root.addStretch(1)
+
+    # ---- state helpers -------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return str(self.mode.currentData())
+
+    def settings(self) -> Any:
+        """The classifier (or regressor) settings read from the controls."""
+        groups = tuple(g for g, cb in self.groups.items() if cb.isChecked())
+        if not groups:
+            raise ValueError("Tick at least one feature group.")
+        feature_groups = None if len(groups) == len(FEATURE_GROUP_NAMES) else groups
+        if self.task == "regression":
+            from ..core.classify.regression import REGRESSORS, RegressorSettings
+
+            kind = str(self.kind.currentData())
+            kind = kind if kind in REGRESSORS else "random_forest"
+            return RegressorSettings(kind=kind, feature_groups=feature_groups)  # type: ignore[arg-type]
+        return ClassifierSettings(kind=self.kind.currentData(), feature_groups=feature_groups)
+
+    def layers(self) -> list[Labels]:
+        """The labels layers taking part: measured (a ``label`` column), not our views."""
+        return list(self._tracked.values())
+
+    def key_of(self, layer: Labels) -> str:
+        return self._keys.setdefault(id(layer), layer_key(layer))
+
+    def _is_candidate(self, layer: Any) -> bool:
+        if not isinstance(layer, Labels) or source_of(layer).get("role") == VIEW_ROLE:
+            return False
+        return "label" in layer.features.columns and len(layer.features) > 0
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    # ---- layers --------------------------------------------------------------------
+    def _sync_layers(self, _event: Any = None) -> None:
+        present = {id(layer) for layer in self.viewer.layers}
+        for lid in [lid for lid in self._tracked if lid not in present]:
+            layer = self._tracked.pop(lid)
+            self._tables.pop(lid, None)
+            self._snapshots.pop(lid, None)
+            layer.events.features.disconnect(self._on_features)
+            layer.events.data.disconnect(self._on_data)
+            if hasattr(layer.events, "paint"):
+                layer.events.paint.disconnect(self._on_paint)
+            view = find_view(self.viewer, layer)
+            if view is not None:
+                self.viewer.layers.remove(view)
+        for layer in list(self.viewer.layers):
+            if id(layer) in self._tracked:
+                continue
+            if isinstance(layer, Labels) and source_of(layer).get("role") != VIEW_ROLE:
+                # watch every labels layer: one measured later joins then
+                layer.events.features.connect(self._on_features)
+                layer.events.data.connect(self._on_data)
+                if hasattr(layer.events, "paint"):
+                    layer.events.paint.connect(self._on_paint)
+                self._tracked[id(layer)] = layer
+                self._bind_keys(layer)
+                self._adopt(layer)
+        self.cache.forget([self.key_of(lay) for lay in self._tracked.values()])
+
+    def _adopt(self, layer: Labels) -> None:
+        """Take a (re)measured layer's table; keep our annotations on it."""
+        lid = id(layer)
+        if not self._is_candidate(layer):
+            self._tables.pop(lid, None)
+            return
+        table = table_of(layer)
+        table = table.drop(columns=[c for c in table.columns if c.startswith(PHENO_PREFIX)])
+        self._tables[lid] = table
+        self._snapshots[lid] = np.array(layer.data, copy=True)
+        key = self.key_of(layer)
+        if key not in self.store.images:
+            self.store.register_image(key, path=source_of(layer).get("source_path"), layer=layer.name)
+        self._write_features(layer)
+
+    def _on_features(self, event: Any) -> None:
+        if self._writing:
+            return
+        layer = event.source
+        self._adopt(layer)
+        self._invalidate(layer)
+        self._schedule()
+
+    def _on_data(self, event: Any) -> None:
+        if self._writing:
+            return
+        self._transfer(event.source)
+
+    def _on_paint(self, event: Any) -> None:
+        self._transfer(event.source)
+
+    def _transfer(self, layer: Labels) -> None:
+        """Move the layer's annotations onto its new labels (IoU >= 0.5) and report."""
+        lid = id(layer)
+        old = self._snapshots.get(lid)
+        new = np.asarray(layer.data)
+        self._snapshots[lid] = np.array(new, copy=True)
+        key = self.key_of(layer)
+        annotated = self.store.annotated_labels(key)
+        if old is None or not annotated:
+            return
+        if old.shape != new.shape:
+            result = transfer_annotations(np.zeros_like(new), new, annotated)
+        else:
+            result = transfer_annotations(old, new, annotated)
+        if result.n_kept == len(annotated) and all(o == n for o, n in result.moved.items()):
+            return
+        self.store.apply_transfer(key, result)
+        self.lost = [(key, int(lab), annotated[lab]) for lab in result.lost]
+        lost_txt = ", ".join(f"{lab} ({c})" for _, lab, c in self.lost[:10])
+        self._set_status(
+            f"{layer.name}: kept {result.n_kept} of {len(annotated)} annotations after the labels changed"
+            + (f"; lost (re-check): {lost_txt}" + (" …" if len(self.lost) > 10 else "") if self.lost else ".")
+        )
+        self._invalidate(layer)
+        self._write_features(layer)
+        self._refresh_classes()
+        self._schedule()
+
+    def _invalidate(self, layer: Labels) -> None:
+        if self.result is not None:
+            self.result.predictions.pop(self.key_of(layer), None)
+
+    # ---- classes -------------------------------------------------------------------
+    def add_class(self, name: str, color: str | None = None) -> None:
+        self.store.add_class(name, color)
+        self._refresh_classes()
+        self.refresh_views()
+
+    def rename_class(self, old: str, new: str) -> None:
+        self.store.rename_class(old, new)
+        self._refresh_classes()
+        self._write_all()
+        self._schedule()
+
+    def recolor_class(self, name: str, color: str) -> None:
+        self.store.recolor_class(name, color)
+        self._refresh_classes()
+        self.refresh_views()
+
+    def delete_class(self, name: str) -> int:
+        n = self.store.remove_class(name)
+        self._refresh_classes()
+        self._write_all()
+        self._schedule()
+        return n
+
+    def selected_class(self) -> str | None:
+        item = self.class_list.currentItem()
+        return None if item is None else str(item.data(Qt.ItemDataRole.UserRole))
+
+    def _predicted_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        if self.result is None or self.result.task != "classification":
+            return counts
+        for pred in self.result.predictions.values():
+            for c, n in pred["pheno_class"].value_counts().items():
+                counts[str(c)] = counts.get(str(c), 0) + int(n)
+        return counts
+
+    def _refresh_classes(self) -> None:
+        current = self.selected_class()
+        predicted = self._predicted_counts()
+        annotated = self.store.counts()
+        self.class_list.clear()
+        for k, cls in enumerate(self.store.classes):
+            key = f"{k + 1}: " if k < 9 else ""
+            item = QListWidgetItem(
+                _swatch(cls.color),
+                f"{key}{cls.name}  —  {annotated.get(cls.name, 0)} annotated, {predicted.get(cls.name, 0)} predicted",
+            )
+            item.setData(Qt.ItemDataRole.UserRole, cls.name)
+            self.class_list.addItem(item)
+            if cls.name == current:
+                self.class_list.setCurrentItem(item)
+        if self.class_list.currentItem() is None and self.class_list.count():
+            self.class_list.setCurrentRow(0)
+
+    def _ask_add_class(self) -> None:
+        name, ok = QInputDialog.getText(self, "New class", "Class name:")
+        if ok and name.strip():
+            try:
+                self.add_class(name.strip())
+            except ValueError as exc:
+                show_error(str(exc))
+
+    def _ask_rename_class(self) -> None:
+        old = self.selected_class()
+        if old is None:
+            return
+        new, ok = QInputDialog.getText(self, "Rename class", "New name:", text=old)
+        if ok and new.strip():
+            try:
+                self.rename_class(old, new.strip())
+            except ValueError as exc:
+                show_error(str(exc))
+
+    def _ask_recolor_class(self) -> None:
+        name = self.selected_class()
+        if name is None:
+            return
+        cls = next(c for c in self.store.classes if c.name == name)
+        color = QColorDialog.getColor(QColor(cls.color), self, f"Colour of {name}")
+        if color.isValid():
+            self.recolor_class(name, color.name())
+
+    def _ask_delete_class(self) -> None:
+        name = self.selected_class()
+        if name is None:
+            return
+        n = self.store.count(name)
+        if n:
+            answer = QMessageBox.question(self, "Delete class", f"Delete {name!r} and its {n} annotations?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self.delete_class(name)
+
+    # ---- annotating ----------------------------------------------------------------
+    def _bind_keys(self, owner: Any) -> None:
+        """Class keys on the viewer and on every labels layer (whose own 1-7 mode keys they
+        replace while this widget is open; E/P/F/L/Z still switch modes)."""
+        for i, k in enumerate(CLASS_KEYS):
+            owner.bind_key(k, self._key_handler(i + 1), overwrite=True)
+        owner.bind_key("0", self._key_handler(0), overwrite=True)
+        owner.bind_key("Backspace", self._key_handler(0), overwrite=True)
+        owner.bind_key("n", lambda _o: self.next_cell(), overwrite=True)
+        self._bound.append(owner)
+
+    def _key_handler(self, number: int) -> Callable[[Any], None]:
+        def handler(_owner: Any) -> None:
+            self.press(number)
+
+        return handler
+
+    def press(self, number: int) -> None:
+        """What key ``number`` does: 1-9 annotate the target cell, 0 clears it."""
+        target = self.target_cell()
+        if target is None:
+            self._set_status("Point at a cell (or press N for a proposal) before pressing a class key.")
+            return
+        layer, label = target
+        if self.task == "regression":
+            if number == 0:
+                self.annotate(layer, label, value=None)
+            else:
+                lo, hi = self.value_min.value(), self.value_max.value()
+                self.annotate(layer, label, value=lo + (number - 1) / 8 * (hi - lo))
+            return
+        if number == 0:
+            self.annotate(layer, label, None)
+            return
+        classes = self.store.classes
+        if number > len(classes):
+            self._set_status(f"There is no class {number}; add classes first.")
+            return
+        self.annotate(layer, label, classes[number - 1].name)
+
+    def cell_under_cursor(self) -> tuple[Labels, int] | None:
+        pos = self.viewer.cursor.position
+        active = self.viewer.layers.selection.active
+        order = sorted(self.layers(), key=lambda lay: lay is not active)
+        for layer in order:
+            if not layer.visible or id(layer) not in self._tables:
+                continue
+            value = layer.get_value(pos, world=True)
+            if isinstance(value, tuple):  # multiscale: (level, value)
+                value = value[-1]
+            if value is not None and int(value) > 0:
+                return layer, int(value)
+        return None
+
+    def target_cell(self) -> tuple[Labels, int] | None:
+        """The cell a key press applies to: under the cursor, else the proposed/selected one."""
+        return self.cell_under_cursor() or self.current
+
+    def annotate_current(self, cls: str | None = None, value: float | None = None) -> None:
+        target = self.target_cell()
+        if target is not None:
+            self.annotate(target[0], target[1], cls, value=value)
+
+    def annotate(
+        self, layer: Labels, label: int, cls: str | None = None, *, value: float | str | None = "unset"
+    ) -> None:
+        """Give a cell a class (or, with ``value=``, a value); ``None`` clears it."""
+        key = self.key_of(layer)
+        table = self._tables.get(id(layer))
+        if table is None or not (table["label"].to_numpy() == int(label)).any():
+            self._set_status(f"Cell {label} has no measurements; measure {layer.name} first.")
+            return
+        if value != "unset":
+            self.store.set_value(key, label, None if value is None else float(value))  # type: ignore[arg-type]
+            what = "cleared" if value is None else f"= {float(value):.3g}"  # type: ignore[arg-type]
+        else:
+            self.store.annotate(key, label, cls)
+            what = "cleared" if cls is None else f"→ {cls}"
+        self._set_status(f"{layer.name}: cell {label} {what} (session saved to {self.store.path}).")
+        if self.current is not None and self.current[0] is layer and self.current[1] == int(label):
+            self._advance = self.auto_next.isChecked() and (cls is not None or value not in ("unset", None))
+        self._remove_from_queue(key, int(label))
+        self._write_features(layer)
+        self._refresh_classes()
+        self._schedule()
+
+    def _on_mouse(self, viewer: Any, event: Any) -> Any:
+        if not self.click_mode.isChecked() or event.button != 1 or event.modifiers:
+            return
+        yield
+        dragged = False
+        while event.type == "mouse_move":
+            dragged = True
+            yield
+        if dragged:
+            return
+        hit = self.cell_under_cursor()
+        if hit is None:
+            return
+        layer, label = hit
+        if self.task == "regression":
+            self.annotate(layer, label, None, value=self.value.value())
+            return
+        cls = self.selected_class()
+        if cls is None:
+            self._set_status("Add a class first.")
+            return
+        key = self.key_of(layer)
+        self.annotate(layer, label, None if self.store.get(key, label) == cls else cls)
+
+    # ---- writing results into layers ------------------------------------------------
+    def _pheno_frame(self, layer: Labels) -> pd.DataFrame:
+        table = self._tables[id(layer)]
+        key = self.key_of(layer)
+        out = pd.DataFrame(index=table.index)
+        labels = table["label"].to_numpy()
+        out["pheno_annotation"] = annotation_column(
+            labels, self.store.annotations(key), [c.name for c in self.store.classes]
+        )
+        values = self.store.values(key)
+        if values or self.task == "regression":
+            out["pheno_value_annotation"] = np.array(
+                [values.get(int(lab), np.nan) for lab in labels], dtype=float
+            )
+        pred = self.result.predictions.get(key) if self.result is not None else None
+        if pred is not None and len(pred) == len(table) and pred.index.equals(table.index):
+            for c in pred.columns:
+                out[c] = pred[c]
+        return out
+
+    def _write_features(self, layer: Labels) -> None:
+        if id(layer) not in self._tables:
+            return
+        table = self._tables[id(layer)]
+        merged = pd.concat([table, self._pheno_frame(layer)], axis=1)
+        self._writing = True
+        try:
+            layer.features = features_for_layer(merged)
+        finally:
+            self._writing = False
+        self._update_view(layer, merged)
+
+    def _write_all(self) -> None:
+        for layer in self.layers():
+            self._write_features(layer)
+
+    def _display_mode(self) -> str:
+        mode = str(self.display.currentData())
+        if self.task == "regression" and mode in ("predictions", "uncertainty"):
+            return "value"
+        return mode
+
+    def _update_view(self, layer: Labels, merged: pd.DataFrame) -> None:
+        classes = [(c.name, c.color) for c in self.store.classes]
+        mode = self._display_mode()
+        vr = (self.value_min.value(), self.value_max.value()) if mode == "value" else None
+        self._writing = True
+        try:
+            update_view(self.viewer, layer, merged, classes, mode, value_range=vr)
+        finally:
+            self._writing = False
+
+    def refresh_views(self) -> None:
+        """Repaint every phenotype view (after a display or colour change)."""
+        self._write_all()
+
+    # ---- training ------------------------------------------------------------------
+    def _settings_changed(self, *_: Any) -> None:
+        self._schedule()
+
+    def _on_mode_changed(self, _i: int) -> None:
+        regression = self.task == "regression"
+        self.class_box.setVisible(not regression)
+        self.value_box.setVisible(regression)
+        self.result = None
+        self._write_all()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.auto.isChecked():
+            self._timer.start()
+
+    def _training_inputs(self) -> tuple[dict[str, pd.DataFrame], dict[str, dict[int, Any]], int]:
+        tables: dict[str, pd.DataFrame] = {}
+        annotations: dict[str, dict[int, Any]] = {}
+        for layer in self.layers():
+            if id(layer) not in self._tables:
+                continue
+            key = self.key_of(layer)
+            tables[key] = self._tables[id(layer)]
+            annotations[key] = (
+                self.store.values(key) if self.task == "regression" else self.store.annotations(key)
+            )
+        n = sum(len(a) for a in annotations.values())
+        return tables, annotations, n
+
+    def ready_to_train(self) -> str | None:
+        """Why training cannot start yet (``None`` when it can)."""
+        tables, annotations, n = self._training_inputs()
+        if not tables:
+            return "Segment and measure an image first."
+        if self.task == "regression":
+            return None if n >= 3 else "Give at least 3 cells a value to train."
+        present = {c for a in annotations.values() for c in a.values()}
+        return None if len(present) >= 2 else "Annotate cells of at least two classes to train."
+
+    def retrain(self) -> None:
+        """Train on the annotations and predict every cell (in a thread)."""
+        self._timer.stop()
+        if self._worker is not None:
+            self._pending = True
+            return
+        why = self.ready_to_train()
+        if why is not None:
+            self.result = None
+            self._write_all()
+            self._refresh_classes()
+            self.quality_label.setText(why)
+            return
+        try:
+            settings = self.settings()
+        except ValueError as exc:
+            show_error(str(exc))
+            return
+        tables, annotations, _ = self._training_inputs()
+        self._pending = False
+        self._worker = start_job(
+            iter_train_predict,
+            tables,
+            annotations,
+            settings,
+            task=self.task,
+            cache=self.cache,
+            n_jobs=-1,
+            on_returned=self._on_trained,
+            on_errored=self._on_train_error,
+            on_finished=self._on_train_finished,
+            title="Training",
+        )
+
+    def _on_trained(self, result: TrainResult) -> None:
+        if result.task != self.task:
+            return
+        self.result = result
+        self._write_all()
+        self._refresh_classes()
+        self.importances = feature_importances(result.model)
+        if self.importances is not None:
+            top = ", ".join(f"{n} {v:.2f}" for n, v in self.importances.head(8).items())
+            self.importance_label.setText(f"Most important features: {top}")
+        else:
+            self.importance_label.setText("")
+        self._set_status(
+            f"Trained on {result.n_train} cells in {result.seconds_train * 1e3:.0f} ms; predicted "
+            f"{sum(len(p) for p in result.predictions.values())} cells in {result.seconds_predict * 1e3:.0f} ms."
+        )
+        self.start_quality()
+        if self._advance and not self._pending:
+            self._advance = False
+            self.next_cell()
+
+    def _on_train_error(self, exc: BaseException) -> None:
+        self.quality_label.setText(f"Training failed: {user_message(exc)}")
+        show_error(f"Training failed: {user_message(exc)}")
+
+    def _on_train_finished(self) -> None:
+        self._worker = None
+        if self._pending:
+            self._pending = False
+            self.retrain()
+
+    def start_quality(self) -> None:
+        """Cross-validate in the background (once at a time; the latest annotations win)."""
+        if self._quality_worker is not None:
+            self._quality_pending = True
+            return
+        tables, annotations, _ = self._training_inputs()
+        try:
+            settings = self.settings()
+        except ValueError:
+            return
+        self._quality_pending = False
+        task = self.task
+        self._quality_worker = start_job(
+            iter_quality,
+            tables,
+            annotations,
+            settings,
+            task=task,
+            on_returned=lambda q: self._on_quality(q, task),
+            on_errored=lambda exc: self.quality_label.setText(
+                f"Cross-validation failed: {user_message(exc)}"
+            ),
+            on_finished=self._on_quality_finished,
+            title="Cross-validation",
+        )
+
+    def _on_quality_finished(self) -> None:
+        self._quality_worker = None
+        if self._quality_pending:
+            self.start_quality()
+
+    def _on_quality(self, quality: dict[str, Any] | None, task: str) -> None:
+        self.quality = quality
+        if quality is None:
+            self.quality_label.setText(
+                "Cross-validation needs 2 annotated cells of each class"
+                if task == "classification"
+                else "Cross-validation needs at least 5 cells with a value."
+            )
+            self.confusion.setRowCount(0)
+            self.confusion.setColumnCount(0)
+            return
+        if task == "regression":
+            self.quality_label.setText(
+                f"{quality['folds']}-fold CV: R² {quality['r2']:.2f}, MAE {quality['mae']:.3g}, RMSE {quality['rmse']:.3g}"
+            )
+            self.confusion.setRowCount(0)
+            self.confusion.setColumnCount(0)
+            return
+        pr = "; ".join(
+            f"{c}: P {quality['precision'][c]:.2f} R {quality['recall'][c]:.2f}" for c in quality["precision"]
+        )
+        self.quality_label.setText(
+            f"{quality['folds']}-fold CV accuracy {quality['accuracy']:.2f}, "
+            f"balanced accuracy {quality['balanced_accuracy']:.2f}. {pr}"
+        )
+        conf: pd.DataFrame = quality["confusion"]
+        self.confusion.setRowCount(len(conf))
+        self.confusion.setColumnCount(len(conf.columns))
+        self.confusion.setVerticalHeaderLabels([f"true {c}" for c in conf.index])
+        self.confusion.setHorizontalHeaderLabels([str(c) for c in conf.columns])
+        for i in range(len(conf)):
+            for j in range(len(conf.columns)):
+                self.confusion.setItem(i, j, QTableWidgetItem(str(int(conf.iat[i, j]))))
+
+    # ---- active learning -----------------------------------------------------------
+    def _layer_of_key(self, key: str) -> Labels | None:
+        for layer in self.layers():
+            if self.key_of(layer) == key:
+                return layer
+        return None
+
+    def proposals(self, k: int = 1, diverse: bool = False) -> list[Proposal]:
+        """The best cells to annotate next, from the latest predictions."""
+        if self.result is None:
+            return []
+        tables = {self.key_of(lay): self._tables[id(lay)] for lay in self.layers() if id(lay) in self._tables}
+        annotated = {
+            key: (self.store.values(key) if self.task == "regression" else self.store.annotations(key)).keys()
+            for key in tables
+        }
+        return propose(
+            tables,
+            self.result.predictions,
+            annotated,
+            strategy=str(self.strategy.currentData()),
+            k=k,
+            diverse=diverse,
+            feature_names=self.result.feature_names
+            if diverse or self.strategy.currentData() == "density"
+            else None,
+        )
+
+    def next_cell(self) -> Proposal | None:
+        """Fly to the most informative unannotated cell and wait for a class key."""
+        if self.result is None:
+            self._set_status(self.ready_to_train() or "Training… the proposal follows when it finishes.")
+            if self._worker is not None:
+                self._advance = True
+            return None
+        found = self.proposals(1)
+        if not found:
+            self._set_status("Every cell is annotated.")
+            return None
+        self.go_to(found[0])
+        return found[0]
+
+    def go_to(self, proposal: Proposal) -> None:
+        layer = self._layer_of_key(proposal.image)
+        if layer is None:
+            return
+        table = self._tables[id(layer)]
+        row = table.loc[table["label"].to_numpy() == proposal.label]
+        diameter = (
+            float(row["equivalent_diameter"].iloc[0]) if "equivalent_diameter" in row and len(row) else 20.0
+        )
+        world = fly_to_cell(self.viewer, layer, table, proposal.label, zoom_to=12 * max(diameter, 4.0))
+        self.current = (layer, proposal.label)
+        layer.selected_label = proposal.label
+        self._highlight(layer, world, diameter)
+        guess = f", predicted {proposal.predicted}" if proposal.predicted else ""
+        self._set_status(
+            f"Proposed: {layer.name} cell {proposal.label}{guess} (score {proposal.score:.2f}). Press its class key."
+        )
+
+    def _highlight(self, layer: Labels, world: np.ndarray | None, diameter: float) -> None:
+        marker = None
+        for lay in self.viewer.layers:
+            if isinstance(lay, Points) and source_of(lay).get("role") == "proposal":
+                marker = lay
+        if world is None:
+            return
+        size = 1.6 * max(diameter, 4.0) * float(np.mean(layer.scale[-2:]))
+        active = self.viewer.layers.selection.active
+        if marker is None:
+            marker = Points(
+                [world],
+                name="proposed cell",
+                symbol="ring",
+                size=size,
+                face_color="yellow",
+                border_width=0,
+                metadata={META_KEY: {"role": "proposal"}},
+            )
+            self.viewer.add_layer(marker)
+        else:
+            marker.data = np.asarray([world])
+            marker.size = size
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+
+    def fill_queue(self) -> list[Proposal]:
+        """Show the top proposals (a diverse batch) as a list to work through."""
+        found = self.proposals(self.queue_k.value(), diverse=True)
+        self.queue.clear()
+        for p in found:
+            layer = self._layer_of_key(p.image)
+            name = layer.name if layer is not None else p.image
+            guess = f" → {p.predicted}?" if p.predicted else ""
+            item = QListWidgetItem(f"{name}: cell {p.label}{guess} ({p.score:.2f})")
+            item.setData(Qt.ItemDataRole.UserRole, p)
+            self.queue.addItem(item)
+        if not found:
+            self._set_status(self.ready_to_train() or "Nothing to propose.")
+        return found
+
+    def _on_queue_clicked(self, item: QListWidgetItem) -> None:
+        self.go_to(item.data(Qt.ItemDataRole.UserRole))
+
+    def _remove_from_queue(self, key: str, label: int) -> None:
+        for i in range(self.queue.count()):
+            p = self.queue.item(i).data(Qt.ItemDataRole.UserRole)
+            if p.image == key and p.label == label:
+                self.queue.takeItem(i)
+                break
+
+    # ---- files ---------------------------------------------------------------------
+    def save_session(self, path: str | os.PathLike) -> Path:
+        """Save the session to ``path`` and keep autosaving there."""
+        self.store.settings = {"task": self.task, "classifier": str(self.kind.currentData())}
+        self.store.path = Path(path)
+        return self.store.save(path)
+
+    def open_session(self, path: str | os.PathLike) -> None:
+        """Restore classes and annotations (and keep autosaving to that file)."""
+        self.store = AnnotationStore.load(path)
+        kind = self.store.settings.get("classifier")
+        if kind in CLASSIFIERS:
+            self.kind.setCurrentIndex(list(CLASSIFIERS).index(kind))
+        known = {self.key_of(lay) for lay in self.layers()}
+        missing = [k for k in self.store.images if k not in known]
+        self._refresh_classes()
+        self._write_all()
+        self._set_status(
+            f"Session {Path(path).name}: {len(self.store)} annotations"
+            + (f"; open these images to see the rest: {', '.join(missing)}" if missing else "")
+        )
+        self._schedule()
+
+    def save_classifier(self, path: str | os.PathLike) -> Path:
+        """Save the training set and settings (pickle-free, see :mod:`..io.classifier_io`)."""
+        from ..core.classify.engine import common_feature_columns, training_set
+        from ..io.classifier_io import save_classifier
+
+        if self.task != "classification":
+            raise ValueError("Saving is for classifiers; switch to Classes.")
+        settings = self.settings()
+        tables, annotations, _ = self._training_inputs()
+        names = common_feature_columns(tables, settings.feature_groups)
+        X, y, _ = training_set(tables, annotations, names)
+        if len(set(y)) < 2:
+            raise ValueError("Annotate cells of at least two classes before saving a classifier.")
+        colors = {c.name: c.color for c in self.store.classes}
+        return save_classifier(path, X, y, names, settings, colors=colors)
+
+    def _ask_save_session(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save session", "", "Session (*.json)")
+        if path:
+            self.save_session(path)
+
+    def _ask_open_session(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open session", "", "Session (*.json)")
+        if path:
+            try:
+                self.open_session(path)
+            except ValueError as exc:
+                show_error(str(exc))
+
+    def _ask_save_classifier(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save classifier", "", "Classifier (*.phenotyper.zip)")
+        if path:
+            try:
+                saved = self.save_classifier(path)
+                show_info(f"Classifier saved to {saved}")
+            except ValueError as exc:
+                show_error(str(exc))
+
+    # ---- teardown ------------------------------------------------------------------
+    def close_session(self) -> None:
+        """Unbind our keys and callbacks (called when the dock closes)."""
+        for owner in self._bound:
+            for k in [*CLASS_KEYS, "0", "Backspace", "n"]:
+                with contextlib.suppress(KeyError, ValueError):
+                    owner.bind_key(k, None)
+        self._bound.clear()
+        if self._on_mouse in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        self.close_session()
+        super().closeEvent(event)

@@ -1,0 +1,234 @@
+"""The Phenotypes widget as a biologist uses it: classes, key presses, live retraining,
+next cell, queue, re-segmentation, regression, sessions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_phenotyper._napari.layers import camera, upsert_labels
+from napari_phenotyper._napari.phenotype_view import find_view
+from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
+from napari_phenotyper.core.features import compute_features
+
+ROWS, COLS, STEP = 6, 8, 30
+
+
+def _cells(seed: int = 0):
+    """48 cells on a grid: kind 'small' (radius 5-6, bright) and 'big' (radius 10-11, dim)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: ROWS * STEP, : COLS * STEP]
+    labels = np.zeros(yy.shape, np.int32)
+    image = np.zeros(yy.shape, np.float32)
+    kinds = {}
+    lab = 0
+    for r in range(ROWS):
+        for c in range(COLS):
+            lab += 1
+            big = (r + c) % 2 == 0
+            rad = (10 if big else 5) + rng.integers(0, 2)
+            cy, cx = r * STEP + STEP // 2, c * STEP + STEP // 2
+            disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= rad * rad
+            labels[disk] = lab
+            image[disk] = (60 if big else 200) + rng.normal(0, 5, disk.sum())
+            kinds[lab] = "big" if big else "small"
+    return image, labels, kinds
+
+
+def _center(labels, lab):
+    yy, xx = np.nonzero(labels == lab)
+    return float(yy.mean()), float(xx.mean())
+
+
+@pytest.fixture
+def setup(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    image, labels, kinds = _cells()
+    img_layer = viewer.add_image(image, name="cells")
+    feats = compute_features(labels, {"image": image})
+    lab_layer = upsert_labels(viewer, img_layer, labels, feats, {"backend": "test"})
+    widget = PhenotypeWidget(viewer, session_path=tmp_path / "session.json")
+    viewer.window.add_dock_widget(widget)
+    widget.add_class("small")
+    widget.add_class("big")
+    viewer.layers.selection.active = lab_layer
+    yield viewer, lab_layer, widget, kinds, tmp_path
+    widget._timer.stop()
+    qtbot.waitUntil(lambda: widget._worker is None and widget._quality_worker is None, timeout=30000)
+
+
+def _press(viewer, qtbot, key):
+    """A real key press on the canvas (napari's keymap handler)."""
+    viewer.window._qt_viewer.canvas._scene_canvas.native.setFocus()
+    handler = viewer.window._qt_viewer.canvas._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
+def _point_at(viewer, labels, lab):
+    viewer.cursor.position = _center(labels.data, lab)
+
+
+def _wait_trained(widget, qtbot, timeout=20000):
+    qtbot.waitUntil(lambda: widget._worker is None and not widget._timer.isActive(), timeout=timeout)
+
+
+def test_keys_annotate_cells_and_retrain_predicts_all(setup, qtbot):
+    viewer, labels, widget, kinds, tmp_path = setup
+    given = {lab: kinds[lab] for lab in (1, 2, 3, 4, 10, 11)}
+    for lab, kind in given.items():
+        _point_at(viewer, labels, lab)
+        _press(viewer, qtbot, "1" if kind == "small" else "2")
+    assert {lab: widget.store.get(widget.key_of(labels), lab) for lab in given} == given
+    # the annotations are in the layer's features right away...
+    ann = labels.features.set_index("label")["pheno_annotation"]
+    assert ann.loc[1] == "big" and ann.loc[2] == "small" and pd.isna(ann.loc[5])
+    assert given[10] == "big" and given[11] == "small"
+    # ...and autosaved (a crash loses nothing)
+    saved = json.loads((tmp_path / "session.json").read_text())
+    assert len(saved["annotations"]) == 6
+    _wait_trained(widget, qtbot)
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=20000)
+    feats = labels.features.set_index("label")
+    assert {"pheno_class", "pheno_proba_small", "pheno_proba_big", "pheno_uncertainty"} <= set(feats.columns)
+    predicted = feats["pheno_class"].astype(str)
+    truth = pd.Series(kinds)
+    assert (predicted.loc[truth.index] == truth).mean() >= 0.95
+    np.testing.assert_allclose(feats["pheno_proba_small"] + feats["pheno_proba_big"], 1.0)
+    # the view paints predicted classes faint and annotated ones distinct
+    view = find_view(viewer, labels)
+    assert view is not None
+    small_code, big_code, small_ann = 1, 2, 3
+    y, x = (round(v) for v in _center(labels.data, 2))
+    assert view.data[y, x] == small_ann
+    not_annotated = [lab for lab in kinds if lab not in given]
+    lab = not_annotated[0]
+    y, x = (round(v) for v in _center(labels.data, lab))
+    assert view.data[y, x] == (small_code if kinds[lab] == "small" else big_code)
+    assert view.data[0, 0] == 0
+    # the labels' own ids are untouched
+    assert labels.data.max() == ROWS * COLS
+    # the class list counts annotations and predictions
+    texts = [widget.class_list.item(i).text() for i in range(widget.class_list.count())]
+    assert "3 annotated" in texts[0] and "predicted" in texts[0]
+    # clearing with 0
+    _point_at(viewer, labels, 1)
+    _press(viewer, qtbot, "0")
+    assert widget.store.get(widget.key_of(labels), 1) is None
+
+
+def test_next_cell_flies_to_a_proposal_and_key_answers_it(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in (1, 2, 3, 4):
+        widget.annotate(labels, lab, kinds[lab])
+    _wait_trained(widget, qtbot)
+    viewer.cursor.position = (-100, -100)  # not over a cell: keys go to the proposal
+    _press(viewer, qtbot, "n")
+    assert widget.current is not None
+    layer, lab = widget.current
+    assert layer is labels and lab not in (1, 2, 3, 4)
+    np.testing.assert_allclose(camera(viewer).center[-2:], _center(labels.data, lab), atol=0.6)
+    marker = [lay for lay in viewer.layers if lay.name == "proposed cell"]
+    assert marker and np.allclose(marker[0].data[0], _center(labels.data, lab), atol=0.6)
+    _press(viewer, qtbot, "1" if kinds[lab] == "small" else "2")
+    assert widget.store.get(widget.key_of(labels), lab) == kinds[lab]
+    # with "go on after each answer", the next proposal comes once the retrain finished
+    qtbot.waitUntil(lambda: widget.current is not None and widget.current[1] != lab, timeout=20000)
+    assert widget.current[1] not in (1, 2, 3, 4, lab)
+
+
+def test_queue_lists_distinct_unannotated_cells(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in (1, 2, 3, 4):
+        widget.annotate(labels, lab, kinds[lab])
+    _wait_trained(widget, qtbot)
+    widget.queue_k.setValue(5)
+    found = widget.fill_queue()
+    assert widget.queue.count() == len(found) == 5
+    assert len({p.label for p in found}) == 5 and not {p.label for p in found} & {1, 2, 3, 4}
+    widget._on_queue_clicked(widget.queue.item(0))
+    assert widget.current == (labels, found[0].label)
+    widget.annotate(labels, found[0].label, "big")
+    assert widget.queue.count() == 4  # answered items leave the queue
+
+
+def test_click_mode_annotates_with_the_selected_class(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    widget.click_mode.setChecked(True)
+    widget.class_list.setCurrentRow(1)  # "big"
+
+    class _Ev:
+        button, modifiers, type = 1, (), "mouse_press"
+
+    ev = _Ev()
+    _point_at(viewer, labels, 5)
+    gen = widget._on_mouse(viewer, ev)
+    next(gen)
+    ev.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert widget.store.get(widget.key_of(labels), 5) == "big"
+    gen = widget._on_mouse(viewer, ev)  # a second click clears it
+    next(gen)
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert widget.store.get(widget.key_of(labels), 5) is None
+
+
+def test_annotations_follow_a_resegmentation(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in (1, 2, 3):
+        widget.annotate(labels, lab, kinds[lab])
+    new = np.where(labels.data > 0, labels.data + 100, 0).astype(np.int32)
+    new[labels.data == 3] = 0  # cell 3 vanished
+    image = viewer.layers["cells"]
+    upsert_labels(viewer, image, new, compute_features(new, {"image": image.data}), {"backend": "test"})
+    key = widget.key_of(labels)
+    assert widget.store.annotations(key) == {101: kinds[1], 102: kinds[2]}
+    assert [(lab, c) for _, lab, c in widget.lost] == [(3, kinds[3])]
+    assert "kept 2 of 3" in widget.status.text()
+    ann = labels.features.set_index("label")["pheno_annotation"]
+    assert ann.loc[101] == kinds[1]
+
+
+def test_regression_mode_predicts_a_value_for_every_cell(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    widget.mode.setCurrentIndex(1)
+    for lab in (1, 2, 3, 4, 9, 10, 12, 13):
+        _point_at(viewer, labels, lab)
+        _press(viewer, qtbot, "9" if kinds[lab] == "big" else "1")  # big = 1.0, small = 0.0
+    key = widget.key_of(labels)
+    assert widget.store.values(key)[1] == 1.0 and widget.store.values(key)[2] == 0.0
+    _wait_trained(widget, qtbot)
+    qtbot.waitUntil(lambda: widget.result is not None and widget.result.task == "regression", timeout=20000)
+    feats = labels.features.set_index("label")
+    big = [lab for lab, k in kinds.items() if k == "big"]
+    small = [lab for lab, k in kinds.items() if k == "small"]
+    assert feats.loc[big, "pheno_value"].mean() > 0.8
+    assert feats.loc[small, "pheno_value"].mean() < 0.2
+    view = find_view(viewer, labels)
+    y, x = (round(v) for v in _center(labels.data, 5))
+    assert view.data[y, x] > 0
+
+
+def test_session_restores_classes_and_annotations(setup, qtbot, tmp_path):
+    viewer, labels, widget, kinds, _ = setup
+    widget.annotate(labels, 1, "big")
+    widget.annotate(labels, 2, "small")
+    path = widget.save_session(tmp_path / "mine.json")
+    other = PhenotypeWidget(viewer, session_path=tmp_path / "other.json")
+    other.open_session(path)
+    assert [c.name for c in other.store.classes] == ["small", "big"]
+    assert other.store.annotations(other.key_of(labels)) == {1: "big", 2: "small"}
+    other.close_session()
+
+
+def test_training_needs_two_classes_and_says_so(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    widget.annotate(labels, 1, "big")
+    widget.retrain()
+    assert widget._worker is None
+    assert "two classes" in widget.quality_label.text()
