@@ -83,15 +83,18 @@ def test_keys_annotate_cells_and_retrain_predicts_all(setup, qtbot):
         _point_at(viewer, labels, lab)
         _press(viewer, qtbot, "1" if kind == "small" else "2")
     assert {lab: widget.store.get(widget.key_of(labels), lab) for lab in given} == given
-    # the annotations are in the layer's features right away...
-    ann = labels.features.set_index("label")["pheno_annotation"]
-    assert ann.loc[1] == "big" and ann.loc[2] == "small" and pd.isna(ann.loc[5])
     assert given[10] == "big" and given[11] == "small"
-    # ...and autosaved (a crash loses nothing)
+    # every annotation is autosaved at once (a crash loses nothing)...
     saved = json.loads((tmp_path / "session.json").read_text())
     assert len(saved["annotations"]) == 6
+    # ...and shown at once in the view, before the retrain
+    view = find_view(viewer, labels)
+    y, x = (round(v) for v in _center(labels.data, 11))
+    assert view.data[y, x] == 3  # annotated "small"
     _wait_trained(widget, qtbot)
     qtbot.waitUntil(lambda: widget.result is not None, timeout=20000)
+    ann = labels.features.set_index("label")["pheno_annotation"]
+    assert ann.loc[1] == "big" and ann.loc[2] == "small" and pd.isna(ann.loc[5])
     feats = labels.features.set_index("label")
     assert {"pheno_class", "pheno_proba_small", "pheno_proba_big", "pheno_uncertainty"} <= set(feats.columns)
     predicted = feats["pheno_class"].astype(str)

@@ -70,6 +70,8 @@ __all__ = ["PhenotypeWidget", "default_session_path"]
 
 #: Milliseconds between the last annotation and the start of a retrain.
 DEBOUNCE_MS = 150
+#: Milliseconds without a new training before cross-validation starts.
+QUALITY_DELAY_MS = 1000
 PHENO_PREFIX = "pheno_"
 DISPLAY_MODES = {
     "predictions": "Predicted classes",
@@ -117,6 +119,7 @@ class PhenotypeWidget(QWidget):
         self.current: tuple[Labels, int] | None = None  # the proposed / selected cell
         self.lost: list[tuple[str, int, Any]] = []  # annotations lost in the last transfer
         self._tables: dict[int, pd.DataFrame] = {}  # layer id -> feature table (no pheno columns)
+        self._bases: dict[int, pd.DataFrame] = {}  # the same with napari's index column
         self._snapshots: dict[int, np.ndarray] = {}  # layer id -> labels as last seen
         self._keys: dict[int, str] = {}  # layer id -> image key
         self._tracked: dict[int, Labels] = {}
@@ -132,6 +135,11 @@ class PhenotypeWidget(QWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.retrain)
+        # cross-validation waits for a pause, so it never slows the next retrain
+        self._quality_timer = QTimer(self)
+        self._quality_timer.setSingleShot(True)
+        self._quality_timer.setInterval(QUALITY_DELAY_MS)
+        self._quality_timer.timeout.connect(self.start_quality)
         self.viewer.layers.events.inserted.connect(self._sync_layers)
         self.viewer.layers.events.removed.connect(self._sync_layers)
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
@@ -207,6 +215,12 @@ class PhenotypeWidget(QWidget):
             self.kind.addItem(name, k)
         self.kind.currentIndexChanged.connect(self._settings_changed)
         form.addRow("Model", self.kind)
+        self.trees = QSpinBox()
+        self.trees.setRange(1, 2000)
+        self.trees.setValue(ClassifierSettings().trees)
+        self.trees.setToolTip("Trees of the random forest: fewer retrain and predict faster.")
+        self.trees.valueChanged.connect(self._settings_changed)
+        form.addRow("Trees", self.trees)
         groups = QHBoxLayout()
         self.groups: dict[str, QCheckBox] = {}
         for g in FEATURE_GROUP_NAMES:
@@ -311,7 +325,9 @@ class PhenotypeWidget(QWidget):
             kind = str(self.kind.currentData())
             kind = kind if kind in REGRESSORS else "random_forest"
             return RegressorSettings(kind=kind, feature_groups=feature_groups)  # type: ignore[arg-type]
-        return ClassifierSettings(kind=self.kind.currentData(), feature_groups=feature_groups)
+        return ClassifierSettings(
+            kind=self.kind.currentData(), feature_groups=feature_groups, trees=self.trees.value()
+        )
 
     def layers(self) -> list[Labels]:
         """The labels layers taking part: measured (a ``label`` column), not our views."""
@@ -334,6 +350,7 @@ class PhenotypeWidget(QWidget):
         for lid in [lid for lid in self._tracked if lid not in present]:
             layer = self._tracked.pop(lid)
             self._tables.pop(lid, None)
+            self._bases.pop(lid, None)
             self._snapshots.pop(lid, None)
             layer.events.features.disconnect(self._on_features)
             layer.events.data.disconnect(self._on_data)
@@ -361,10 +378,12 @@ class PhenotypeWidget(QWidget):
         lid = id(layer)
         if not self._is_candidate(layer):
             self._tables.pop(lid, None)
+            self._bases.pop(lid, None)
             return
         table = table_of(layer)
         table = table.drop(columns=[c for c in table.columns if c.startswith(PHENO_PREFIX)])
         self._tables[lid] = table
+        self._bases[lid] = features_for_layer(table)
         self._snapshots[lid] = np.array(layer.data, copy=True)
         key = self.key_of(layer)
         if key not in self.store.images:
@@ -595,9 +614,38 @@ class PhenotypeWidget(QWidget):
         if self.current is not None and self.current[0] is layer and self.current[1] == int(label):
             self._advance = self.auto_next.isChecked() and (cls is not None or value not in ("unset", None))
         self._remove_from_queue(key, int(label))
-        self._write_features(layer)
+        if self.auto.isChecked() and self.ready_to_train() is None:
+            # the retrain that follows writes the table; show the answer at once meanwhile
+            self._paint_cell(layer, int(label), cls if value == "unset" else None)
+        else:
+            self._write_features(layer)
         self._refresh_classes()
         self._schedule()
+
+    def _paint_cell(self, layer: Labels, label: int, cls: str | None) -> None:
+        """Repaint one cell of the view (annotated colour), without touching the rest."""
+        view = find_view(self.viewer, layer)
+        mode = self._display_mode()
+        if view is None or mode not in ("predictions", "annotations"):
+            return
+        names = [c.name for c in self.store.classes]
+        if cls is None:
+            pred = self.result.predictions.get(self.key_of(layer)) if self.result is not None else None
+            code = 0
+            if pred is not None and mode == "predictions":
+                table = self._tables[id(layer)]
+                row = np.flatnonzero(table["label"].to_numpy() == label)
+                if len(row) and len(pred) == len(table):
+                    guess = str(pred["pheno_class"].iloc[int(row[0])])
+                    code = 1 + names.index(guess) if guess in names else 0
+        else:
+            code = 1 + len(names) + names.index(cls)
+        where = np.nonzero(np.asarray(layer.data) == label)
+        self._writing = True
+        try:
+            view.data_setitem(where, code)
+        finally:
+            self._writing = False
 
     def _on_mouse(self, viewer: Any, event: Any) -> Any:
         if not self.click_mode.isChecked() or event.button != 1 or event.modifiers:
@@ -646,11 +694,10 @@ class PhenotypeWidget(QWidget):
     def _write_features(self, layer: Labels) -> None:
         if id(layer) not in self._tables:
             return
-        table = self._tables[id(layer)]
-        merged = pd.concat([table, self._pheno_frame(layer)], axis=1)
+        merged = pd.concat([self._bases[id(layer)], self._pheno_frame(layer)], axis=1)
         self._writing = True
         try:
-            layer.features = features_for_layer(merged)
+            layer.features = merged
         finally:
             self._writing = False
         self._update_view(layer, merged)
@@ -759,17 +806,11 @@ class PhenotypeWidget(QWidget):
         self.result = result
         self._write_all()
         self._refresh_classes()
-        self.importances = feature_importances(result.model)
-        if self.importances is not None:
-            top = ", ".join(f"{n} {v:.2f}" for n, v in self.importances.head(8).items())
-            self.importance_label.setText(f"Most important features: {top}")
-        else:
-            self.importance_label.setText("")
         self._set_status(
             f"Trained on {result.n_train} cells in {result.seconds_train * 1e3:.0f} ms; predicted "
             f"{sum(len(p) for p in result.predictions.values())} cells in {result.seconds_predict * 1e3:.0f} ms."
         )
-        self.start_quality()
+        self._quality_timer.start()
         if self._advance and not self._pending:
             self._advance = False
             self.next_cell()
@@ -815,8 +856,17 @@ class PhenotypeWidget(QWidget):
         if self._quality_pending:
             self.start_quality()
 
+    def _show_importances(self) -> None:
+        self.importances = feature_importances(self.result.model) if self.result is not None else None
+        if self.importances is not None:
+            top = ", ".join(f"{n} {v:.2f}" for n, v in self.importances.head(8).items())
+            self.importance_label.setText(f"Most important features: {top}")
+        else:
+            self.importance_label.setText("")
+
     def _on_quality(self, quality: dict[str, Any] | None, task: str) -> None:
         self.quality = quality
+        self._show_importances()
         if quality is None:
             self.quality_label.setText(
                 "Cross-validation needs 2 annotated cells of each class"

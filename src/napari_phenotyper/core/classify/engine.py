@@ -62,8 +62,18 @@ def annotation_column(
     labels: Sequence[int] | np.ndarray, annotations: Mapping[int, Any], categories: Sequence[str]
 ) -> pd.Categorical:
     """The ``pheno_annotation`` column of a table: each row's class, or missing."""
-    values = [annotations.get(int(lab)) for lab in np.asarray(labels)]
-    return pd.Categorical(values, categories=list(categories))
+    labels = np.asarray(labels, dtype=np.int64)
+    codes = np.full(labels.shape, -1, dtype=np.int64)
+    if annotations:
+        index = {c: i for i, c in enumerate(categories)}
+        keys = np.fromiter(annotations.keys(), dtype=np.int64, count=len(annotations))
+        vals = np.array([index.get(str(v), -1) for v in annotations.values()], dtype=np.int64)
+        order = np.argsort(keys)
+        keys, vals = keys[order], vals[order]
+        pos = np.clip(np.searchsorted(keys, labels), 0, len(keys) - 1)
+        hit = keys[pos] == labels
+        codes[hit] = vals[pos[hit]]
+    return pd.Categorical.from_codes(codes, categories=list(categories))
 
 
 def training_set(
