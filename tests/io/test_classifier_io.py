@@ -1,4 +1,4 @@
-"""Classifier files: round trip, schema checks, and no code execution from crafted files."""
+"""Classifier and regressor files: round trip, schema checks, and no code execution from crafted files."""
 
 import io
 import json
@@ -9,8 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_phenotyper.core.classify.model import ClassifierSettings, feature_columns_for, predict, train
-from napari_phenotyper.io.classifier_io import load_classifier, save_classifier
+from napari_phenotyper.core.classify.model import (
+    ClassifierSettings,
+    TrainedClassifier,
+    feature_columns_for,
+    predict,
+    train,
+)
+from napari_phenotyper.core.classify.regression import (
+    RegressorSettings,
+    TrainedRegressor,
+    predict_values,
+    train_regressor,
+)
+from napari_phenotyper.io.classifier_io import load_classifier, save_classifier, save_regressor
 
 
 def _data(n=45, seed=0):
@@ -118,3 +130,161 @@ def test_not_a_zip(tmp_path):
         load_classifier(p)
     with pytest.raises(FileNotFoundError):
         load_classifier(tmp_path / "missing.zip")
+
+
+# --- regressors (continuous phenotype values) in the same format ---
+
+
+def _regression_data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "label": np.arange(n) + 1,
+            "area": rng.uniform(100, 500, n),
+            "mean_intensity_image": rng.uniform(0, 1, n),
+        }
+    )
+    values = (df["area"] - 100) / 400 * 0.7 + 0.3 * df["mean_intensity_image"]
+    return df, values.to_list()
+
+
+def _save_regressor(tmp_path, kind="random_forest", name="reg.zip"):
+    df, v = _regression_data()
+    settings = RegressorSettings(kind=kind, seed=4)
+    return save_regressor(tmp_path / name, df, v, ["area", "mean_intensity_image"], settings), df, v
+
+
+@pytest.mark.parametrize("kind", ["random_forest", "ridge", "knn"])
+def test_regressor_round_trip_predicts_identically(tmp_path, kind):
+    df, v = _regression_data()
+    settings = RegressorSettings(kind=kind, seed=4, feature_groups=("shape", "intensity"))
+    model = train_regressor(df, v, settings)
+    path = save_regressor(
+        tmp_path / "reg.phenotyper.zip",
+        df,
+        v,
+        model.feature_names,
+        settings,
+        metadata={"value": "progression"},
+    )
+    with zipfile.ZipFile(path) as zf:
+        header = json.loads(zf.read("classifier.json"))
+    assert header["version"] == 2 and header["task"] == "regression" and header["classes"] == []
+    loaded = load_classifier(path)
+    assert loaded.task == "regression" and loaded.is_regression
+    assert loaded.classes == [] and loaded.metadata == {"value": "progression"}
+    assert loaded.y.dtype == np.float64
+    np.testing.assert_array_equal(loaded.y, v)
+    table, values = loaded.training_table()
+    assert values == v and list(table.columns) == ["area", "mean_intensity_image"]
+    again = loaded.train()
+    assert isinstance(again, TrainedRegressor)
+    assert again.settings == settings and again.value_range == model.value_range
+    pd.testing.assert_frame_equal(predict_values(model, df), predict_values(again, df))
+
+
+def test_classifier_files_stay_version_1_and_old_files_load(tmp_path):
+    df, y = _data()
+    path = save_classifier(
+        tmp_path / "clf.zip", df, list(y), ["area", "mean_intensity_image"], ClassifierSettings()
+    )
+    with zipfile.ZipFile(path) as zf:
+        header = json.loads(zf.read("classifier.json"))
+        npz = zf.read("training.npz")
+    assert header["version"] == 1  # still readable by releases that read only version 1
+    del header["task"]  # as written before regressors existed
+    old = tmp_path / "old.zip"
+    _write_zip(old, header, npz)
+    loaded = load_classifier(old)
+    assert loaded.task == "classification" and not loaded.is_regression
+    assert isinstance(loaded.train(), TrainedClassifier)
+
+
+def test_regressor_file_refuses_a_table_without_its_features(tmp_path):
+    path, df, _ = _save_regressor(tmp_path)
+    model = load_classifier(path).train()
+    with pytest.raises(
+        ValueError, match=r"lacks 1 of the classifier's 2 feature columns \(mean_intensity_image\)"
+    ):
+        predict_values(model, df.drop(columns=["mean_intensity_image"]))
+
+
+@pytest.mark.parametrize("member", ["X", "y"])
+def test_crafted_regressor_file_cannot_execute_code(tmp_path, member):
+    good, _, _ = _save_regressor(tmp_path)
+    with zipfile.ZipFile(good) as zf:
+        header = json.loads(zf.read("classifier.json"))
+    marker = tmp_path / "pwned"
+    arrays = {"X": np.zeros((1, 2)), "y": np.zeros(1)}
+    arrays[member] = np.array([_Exploit(str(marker))], dtype=object)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # object array -> pickled inside the npz
+    evil = tmp_path / "evil.zip"
+    _write_zip(evil, header, buf.getvalue())
+    with pytest.raises(ValueError, match="cannot be read safely"):
+        load_classifier(evil)
+    assert not marker.exists()
+    evil2 = tmp_path / "evil2.zip"
+    _write_zip(evil2, header, pickle.dumps(_Exploit(str(marker))))
+    with pytest.raises(ValueError):
+        load_classifier(evil2)
+    assert not marker.exists()
+
+
+def _nan_values(npz_bytes):
+    with np.load(io.BytesIO(npz_bytes)) as f:
+        X, y = f["X"], f["y"].copy()
+    y[0] = np.nan
+    buf = io.BytesIO()
+    np.savez(buf, X=X, y=y)
+    return buf.getvalue()
+
+
+def _int_values(npz_bytes):
+    with np.load(io.BytesIO(npz_bytes)) as f:
+        X, y = f["X"], f["y"]
+    buf = io.BytesIO()
+    np.savez(buf, X=X, y=np.zeros(len(y), np.int64))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mutate_header", "mutate_npz", "match"),
+    [
+        (lambda h: h.update(task="clustering"), None, "unknown task 'clustering'"),
+        (lambda h: h.update(version=1), None, "a regressor needs format version 2"),
+        (lambda h: h.update(version=3), None, "version 3 is not supported \\(this version reads 1 and 2\\)"),
+        (lambda h: h.update(classes=["a", "b"]), None, "'classes' must be empty for a regressor"),
+        (lambda h: h["settings"].update(balanced=True), None, "unknown settings \\['balanced'\\]"),
+        (lambda h: h["settings"].update(kind="svm"), None, "invalid settings \\(Unknown regressor 'svm'"),
+        (
+            lambda h: h["settings"].update(feature_groups="shape"),
+            None,
+            "'feature_groups' must be null or a list",
+        ),
+        (None, _nan_values, "one finite float64 value per training row"),
+        (None, _int_values, "one finite float64 value per training row"),
+    ],
+)
+def test_regressor_schema_errors_say_what_is_wrong(tmp_path, mutate_header, mutate_npz, match):
+    good, _, _ = _save_regressor(tmp_path)
+    with zipfile.ZipFile(good) as zf:
+        header = json.loads(zf.read("classifier.json"))
+        npz = zf.read("training.npz")
+    if mutate_header:
+        mutate_header(header)
+    if mutate_npz:
+        npz = mutate_npz(npz)
+    bad = tmp_path / "bad.zip"
+    _write_zip(bad, header, npz)
+    with pytest.raises(ValueError, match=match):
+        load_classifier(bad)
+
+
+def test_save_regressor_refuses_bad_values(tmp_path):
+    df, v = _regression_data()
+    with pytest.raises(ValueError, match="must be finite"):
+        save_regressor(tmp_path / "r.zip", df, [np.nan, *v[1:]], ["area"], RegressorSettings())
+    with pytest.raises(ValueError, match="40 rows but values of shape \\(39,\\)"):
+        save_regressor(tmp_path / "r.zip", df, v[1:], ["area"], RegressorSettings())
+    assert not (tmp_path / "r.zip").exists()
