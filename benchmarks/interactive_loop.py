@@ -6,10 +6,12 @@ a 3,170 x 3,160 label image) with 60 features in 4 classes (scikit-learn's
 annotation (cells 181..200), then:
 
 ``core``
-    :func:`~napari_phenotyper.core.classify.engine.iter_train_predict` (random forest,
-    the product's default settings, all cores, feature matrix cached between cycles
-    as the widget does), then the display codes (uncertainty), the label -> code
-    lookup table and the painted code image;
+    :func:`~napari_phenotyper.core.classify.engine.iter_train_predict` (the widget's
+    live pass: a random forest of ``LIVE_TREES`` = 32 trees, all cores, feature
+    matrix cached between cycles as the widget does), then the display codes
+    (uncertainty), the label -> code lookup table and the painted code image. The
+    same cycle with the full forest (``--trees``, default 100, what the widget
+    trains after a 1 s pause in annotating) is timed too, as ``full_forest_ms_core``;
 ``viewer``
     the same through the Phenotypes widget in a real napari viewer (under Xvfb): the
     annotation goes into the store and the layer's ``features``, the retrain runs in
@@ -20,7 +22,7 @@ annotation (cells 181..200), then:
 
 The last line is::
 
-    RESULT median_ms_core=<ms> median_ms_viewer=<ms> n_cells=100000 n_features=60 trees=<n>
+    RESULT median_ms_core=<ms> median_ms_viewer=<ms> full_forest_ms_core=<ms> n_cells=100000 ...
 
 Usage::
 
@@ -40,6 +42,7 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import make_classification
 
+from napari_phenotyper._napari.phenotype_widget import LIVE_TREES
 from napari_phenotyper.core.classify.display import cell_codes, label_lut, paint
 from napari_phenotyper.core.classify.engine import MatrixCache, iter_train_predict
 from napari_phenotyper.core.classify.model import ClassifierSettings
@@ -102,9 +105,9 @@ def bench_core(labels, table, truth, order, cycles, settings) -> list[float]:
 
 
 def bench_viewer(labels, table, truth, order, cycles, settings) -> list[float]:
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_phenotyper._napari.layers import upsert_labels
     from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
 
@@ -119,9 +122,7 @@ def bench_viewer(labels, table, truth, order, cycles, settings) -> list[float]:
         widget.trees.setValue(settings.trees)
         for c in CLASSES:
             widget.add_class(c)
-        widget.display.setCurrentIndex(
-            list(widget.display.itemData(i) for i in range(widget.display.count())).index("uncertainty")
-        )
+        widget.display.setCurrentIndex(widget.display.findData("uncertainty"))
         start = len(order) - cycles
 
         def wait_idle() -> None:
@@ -164,12 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     labels, table, truth = make_session(args.cells, args.features)
     order = annotation_order(truth, args.annotations)
     settings = ClassifierSettings(trees=args.trees)
+    live = ClassifierSettings(trees=min(args.trees, LIVE_TREES))
     print(
         f"{args.cells} cells x {args.features} features, labels {labels.shape}, {args.annotations} annotations, "
         f"random forest with {args.trees} trees, {args.cycles} timed cycles"
     )
-    core = bench_core(labels, table, truth, order, args.cycles, settings)
-    print("core ms per cycle:", " ".join(f"{t:.0f}" for t in core))
+    core = bench_core(labels, table, truth, order, args.cycles, live)
+    print(f"core ms per cycle, live forest ({live.trees} trees):", " ".join(f"{t:.0f}" for t in core))
+    full = bench_core(labels, table, truth, order, max(3, args.cycles // 4), settings)
+    print(f"core ms per cycle, full forest ({settings.trees} trees):", " ".join(f"{t:.0f}" for t in full))
     viewer_ms = float("nan")
     if not args.no_viewer:
         view = bench_viewer(labels, table, truth, order, args.cycles, settings)
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         viewer_ms = statistics.median(view)
     print(
         f"RESULT median_ms_core={statistics.median(core):.0f} median_ms_viewer={viewer_ms:.0f} "
-        f"n_cells={args.cells} n_features={args.features} trees={args.trees}"
+        f"full_forest_ms_core={statistics.median(full):.0f} n_cells={args.cells} n_features={args.features} "
+        f"live_trees={live.trees} trees={settings.trees}"
     )
     return 0
 

@@ -56,7 +56,7 @@ def setup(make_napari_viewer, qtbot, tmp_path):
     widget.add_class("big")
     viewer.layers.selection.active = lab_layer
     yield viewer, lab_layer, widget, kinds, tmp_path
-    widget._timer.stop()
+    widget.close_session()
     qtbot.waitUntil(lambda: widget._worker is None and widget._quality_worker is None, timeout=30000)
 
 
