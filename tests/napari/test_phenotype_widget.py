@@ -235,3 +235,45 @@ def test_training_needs_two_classes_and_says_so(setup, qtbot):
     widget.retrain()
     assert widget._worker is None
     assert "two classes" in widget.quality_label.text()
+
+
+def test_quality_importances_and_full_forest_after_a_pause(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in (1, 2, 3, 4, 5, 6, 7, 8):
+        widget.annotate(labels, lab, kinds[lab])
+    qtbot.waitUntil(lambda: widget.quality is not None, timeout=30000)
+    assert widget._full  # the last training was the full forest
+    assert widget.quality["accuracy"] >= 0.75
+    assert widget.confusion.rowCount() == 2 and widget.confusion.columnCount() == 2
+    assert sum(int(widget.confusion.item(i, j).text()) for i in range(2) for j in range(2)) == 8
+    assert "Most important features" in widget.importance_label.text()
+
+
+def test_saved_classifier_predicts_on_a_new_image(setup, qtbot, make_napari_viewer, tmp_path):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in range(1, 13):
+        widget.annotate(labels, lab, kinds[lab])
+    path = widget.save_classifier(tmp_path / "cells.phenotyper.zip")
+    # a second viewer with another image of the same kind of cells
+    viewer2 = make_napari_viewer()
+    image, labels2, kinds2 = _cells(seed=1)
+    img = viewer2.add_image(image, name="other")
+    lay2 = upsert_labels(
+        viewer2, img, labels2, compute_features(labels2, {"image": image}), {"backend": "test"}
+    )
+    w2 = PhenotypeWidget(viewer2, session_path=tmp_path / "s2.json")
+    w2.load_classifier(path)
+    assert [c.name for c in w2.store.classes] == ["small", "big"]
+    qtbot.waitUntil(lambda: w2.result is not None, timeout=30000)
+    pred = lay2.features.set_index("label")["pheno_class"].astype(str)
+    assert (pred.loc[list(kinds2)] == pd.Series(kinds2)).mean() >= 0.95
+    # cells measured without the intensity channel are refused, naming a missing column
+    viewer3 = make_napari_viewer()
+    img3 = viewer3.add_image(image, name="third")
+    upsert_labels(viewer3, img3, labels2, compute_features(labels2), {"backend": "test"})
+    w3 = PhenotypeWidget(viewer3, session_path=tmp_path / "s3.json")
+    with pytest.raises(ValueError, match="mean_intensity_image"):
+        w3.load_classifier(path)
+    for w in (w2, w3):
+        w.close_session()
+        qtbot.waitUntil(lambda w=w: w._worker is None and w._quality_worker is None, timeout=30000)

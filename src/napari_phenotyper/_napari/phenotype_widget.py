@@ -121,6 +121,7 @@ class PhenotypeWidget(QWidget):
         self.importances: pd.Series | None = None
         self.current: tuple[Labels, int] | None = None  # the proposed / selected cell
         self.lost: list[tuple[str, int, Any]] = []  # annotations lost in the last transfer
+        self.extra: tuple[pd.DataFrame, list[Any]] | None = None  # training set of a loaded classifier
         self._tables: dict[int, pd.DataFrame] = {}  # layer id -> feature table (no pheno columns)
         self._bases: dict[int, pd.DataFrame] = {}  # the same with napari's index column
         self._snapshots: dict[int, np.ndarray] = {}  # layer id -> labels as last seen
@@ -308,7 +309,9 @@ class PhenotypeWidget(QWidget):
         self.open_session_btn.clicked.connect(self._ask_open_session)
         self.save_clf_btn = QPushButton("Save classifier…")
         self.save_clf_btn.clicked.connect(self._ask_save_classifier)
-        for b in (self.save_session_btn, self.open_session_btn, self.save_clf_btn):
+        self.load_clf_btn = QPushButton("Load classifier…")
+        self.load_clf_btn.clicked.connect(self._ask_load_classifier)
+        for b in (self.save_session_btn, self.open_session_btn, self.save_clf_btn, self.load_clf_btn):
             srow.addWidget(b)
         root.addLayout(srow)
         self.status = QLabel("")
@@ -771,9 +774,13 @@ class PhenotypeWidget(QWidget):
         tables, annotations, n = self._training_inputs()
         if not tables:
             return "Segment and measure an image first."
+        if self.extra is not None:
+            n += len(self.extra[1])
         if self.task == "regression":
             return None if n >= 3 else "Give at least 3 cells a value to train."
         present = {c for a in annotations.values() for c in a.values()}
+        if self.extra is not None:
+            present |= {str(c) for c in self.extra[1]}
         return None if len(present) >= 2 else "Annotate cells of at least two classes to train."
 
     def live_settings(self, settings: Any) -> Any:
@@ -822,6 +829,7 @@ class PhenotypeWidget(QWidget):
             task=self.task,
             cache=self.cache,
             n_jobs=-1,
+            extra=self.extra,
             on_returned=self._on_trained,
             on_errored=self._on_train_error,
             on_finished=self._on_train_finished,
@@ -879,6 +887,7 @@ class PhenotypeWidget(QWidget):
             annotations,
             settings,
             task=task,
+            extra=self.extra,
             on_returned=lambda q: self._on_quality(q, task),
             on_errored=lambda exc: self.quality_label.setText(
                 f"Cross-validation failed: {user_message(exc)}"
@@ -1084,6 +1093,57 @@ class PhenotypeWidget(QWidget):
             raise ValueError("Annotate cells of at least two classes before saving a classifier.")
         colors = {c.name: c.color for c in self.store.classes}
         return save_classifier(path, X, y, names, settings, colors=colors)
+
+    def load_classifier(self, path: str | os.PathLike) -> None:
+        """Apply a saved classifier (or regressor) to every measured layer.
+
+        Its training set joins the session's annotations in every later retrain, so
+        annotating more refines it. A layer lacking any of its feature columns is
+        refused with the columns named.
+
+        Raises
+        ------
+        ValueError
+            For a file that is not a classifier, or cells measured differently.
+        """
+        from ..core.classify.model import check_columns
+        from ..io.classifier_io import load_classifier
+
+        loaded = load_classifier(path)
+        for layer in self.layers():
+            if id(layer) in self._tables:
+                try:
+                    check_columns(loaded.feature_names, self._tables[id(layer)])
+                except ValueError as exc:
+                    raise ValueError(f"{layer.name}: {exc}") from None
+        self.mode.setCurrentIndex(1 if loaded.is_regression else 0)
+        known = {c.name for c in self.store.classes}
+        # the saved colours keep the order the classes had in their session
+        for name in dict.fromkeys([*loaded.colors, *loaded.classes]):
+            if name in loaded.classes and name not in known:
+                self.store.add_class(name, loaded.colors.get(name))
+        settings = loaded.settings
+        if settings.get("kind") in CLASSIFIERS and not loaded.is_regression:
+            self.kind.setCurrentIndex(list(CLASSIFIERS).index(settings["kind"]))
+        groups = settings.get("feature_groups")
+        for g, cb in self.groups.items():
+            cb.setChecked(groups is None or g in groups)
+        if "trees" in settings:
+            self.trees.setValue(int(settings["trees"]))
+        self.extra = loaded.training_table()
+        self._refresh_classes()
+        self._set_status(
+            f"Loaded {Path(path).name}: {len(self.extra[1])} training cells; predicting every cell…"
+        )
+        self.retrain(full=True)
+
+    def _ask_load_classifier(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load classifier", "", "Classifier (*.zip)")
+        if path:
+            try:
+                self.load_classifier(path)
+            except (ValueError, FileNotFoundError) as exc:
+                show_error(str(exc))
 
     def _ask_save_session(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save session", "", "Session (*.json)")

@@ -24,18 +24,12 @@ from qtpy.QtWidgets import (
 
 from ..core.profiles import has_phenotype_columns
 from ..io.export import summary_path, write_summary_csv, write_table_csv
-from .layers import source_of, table_of
+from .layers import camera, fly_to_cell, source_of, table_of
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DataFrameModel", "FeatureTableWidget"]
-
-
-def camera(viewer: Any) -> Any:
-    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+__all__ = ["DataFrameModel", "FeatureTableWidget", "camera"]
 
 
 class DataFrameModel(QAbstractTableModel):
@@ -181,29 +175,12 @@ class FeatureTableWidget(QWidget):
         layer = self._layer
         if layer is None:
             return
-        df = self.model.frame
-        hit = df.index[df["label"].to_numpy() == label]
         self._syncing = True
         try:
             layer.selected_label = int(label)
         finally:
             self._syncing = False
-        if len(hit) == 0 or "centroid_y" not in df.columns:
-            return
-        rec = df.loc[hit[0]]
-        plane = [int(rec[c]) for c in df.columns if c.startswith("axis") and c[4:].isdigit()]
-        data_point = np.array([*plane, rec["centroid_y"], rec["centroid_x"]], dtype=float)
-        lead = layer.ndim - len(data_point)
-        if lead > 0:  # labels with more axes than the table knows: keep the current plane
-            current = np.asarray(self.viewer.dims.point)[-layer.ndim :]
-            data_point = np.concatenate([layer.world_to_data(current)[:lead], data_point])
-        world = np.asarray(layer.data_to_world(data_point))
-        if len(plane) or lead:
-            point = list(self.viewer.dims.point)
-            for i in range(len(world) - 2):
-                point[len(point) - len(world) + i] = world[i]
-            self.viewer.dims.point = point
-        camera(self.viewer).center = tuple(world[-2:])
+        fly_to_cell(self.viewer, layer, self.model.frame, int(label))
 
     # ---- viewer -> table -----------------------------------------------------------
     def _on_click(self, layer: Labels, event: Any) -> Any:

@@ -105,6 +105,32 @@ def training_set(
     return X, y, keys
 
 
+Extra = tuple[pd.DataFrame, Sequence[Any]]
+
+
+def _with_extra(
+    tables: Mapping[str, pd.DataFrame],
+    annotations: Mapping[str, Mapping[int, Any]],
+    names: list[str],
+    extra: Extra | None,
+) -> tuple[pd.DataFrame, list[Any], list[str]]:
+    """The session's training set plus ``extra`` (cells of a loaded classifier file),
+    over the feature columns both have."""
+    if extra is not None:
+        names = [n for n in names if n in set(extra[0].columns)]
+        if not names:
+            raise ValueError("The loaded classifier shares no feature column with the measured cells.")
+    X, y, _ = training_set(tables, annotations, names)
+    if extra is not None and len(extra[0]):
+        X = (
+            pd.concat([X, extra[0][names]], ignore_index=True)
+            if len(X)
+            else extra[0][names].reset_index(drop=True)
+        )
+        y = [*y, *extra[1]]
+    return X, y, names
+
+
 @dataclass
 class TrainResult:
     """What one train-and-predict pass produced.
@@ -182,6 +208,7 @@ def iter_train_predict(
     task: str = "classification",
     cache: MatrixCache | None = None,
     n_jobs: int = 1,
+    extra: Extra | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train on the annotated cells of all ``tables`` and predict every cell.
 
@@ -197,6 +224,9 @@ def iter_train_predict(
         Reuse feature matrices between calls (the live loop keeps one).
     n_jobs : int
         Threads for a random forest (-1: all cores); results do not depend on it.
+    extra : (pandas.DataFrame, sequence), optional
+        More training cells and their classes or values, e.g. the training set of a
+        loaded classifier file; only the feature columns it has are used.
 
     Yields
     ------
@@ -231,7 +261,7 @@ def iter_train_predict(
         )
     total = 1 + sum(len(t) for t in tables.values())
     yield Progress(0, total, "Training")
-    X, y, _ = training_set(tables, annotations, names)
+    X, y, names = _with_extra(tables, annotations, names, extra)
     t0 = time.perf_counter()
     if task == "regression":
         model: Any = train_regressor(X, [float(v) for v in y], settings, names)
@@ -290,6 +320,7 @@ def iter_quality(
     *,
     task: str = "classification",
     folds: int = 5,
+    extra: Extra | None = None,
 ) -> Generator[Progress, None, dict[str, Any] | None]:
     """Cross-validated quality of the current annotations (``None`` while too few).
 
@@ -302,12 +333,14 @@ def iter_quality(
 
         settings = settings or RegressorSettings()
         names = common_feature_columns(tables, settings.feature_groups)
-        X, y, _ = training_set(tables, annotations, names)
-        result = cross_validate_regressor(X, y, settings, folds=folds)
+        X, y, _ = _with_extra(tables, annotations, names, extra)
+        values = [float(v) for v in y]
+        enough = len(values) >= 5 and len(set(values)) >= 2
+        result = cross_validate_regressor(X, values, settings, folds=folds) if enough else None
     else:
         settings = settings or ClassifierSettings()
         names = common_feature_columns(tables, settings.feature_groups)
-        X, y, _ = training_set(tables, annotations, names)
+        X, y, _ = _with_extra(tables, annotations, names, extra)
         result = cross_validate(X, y, settings, folds=folds) if len(set(y)) >= 2 else None
     yield Progress(1, 1, "Cross-validated")
     return result
