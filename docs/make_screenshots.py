@@ -6,15 +6,15 @@ Run under a display (or Xvfb): ``xvfb-run -a python docs/make_screenshots.py [--
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 from qtpy.QtWidgets import QApplication
 
 import napari
-from napari_phenotyper._napari.layers import find_result_layer
+from napari_phenotyper._napari.layers import camera, find_result_layer
 from napari_phenotyper._napari.sample_data import nuclei_sample
-from napari_phenotyper._napari.table_widget import camera
 
 
 def _wait(predicate, timeout=120.0):
@@ -61,6 +61,35 @@ def main() -> None:
     path = out / "segment-measure.png"
     viewer.screenshot(str(path), canvas_only=False)
     print(f"wrote {path}")
+
+    # Phenotypes: three classes, a few example cells each, live predictions, Next cell
+    from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
+
+    viewer.window.remove_dock_widget(table)
+    viewer.window.remove_dock_widget(seg.native.parent() if hasattr(seg, "native") else seg)
+    with tempfile.TemporaryDirectory() as tmp:
+        pheno = PhenotypeWidget(viewer, session_path=Path(tmp) / "session.json")
+        viewer.window.add_dock_widget(pheno, name="Phenotypes (napari-phenotyper)", area="right")
+        for name, color in (("regular", "#0072B2"), ("large", "#E69F00"), ("irregular", "#D55E00")):
+            pheno.add_class(name, color)
+        df = labels.features
+        examples = {
+            "large": df.nlargest(4, "area")["label"],
+            "irregular": df.nsmallest(4, "solidity")["label"],
+            "regular": df[(df["solidity"] > df["solidity"].median())].nsmallest(4, "eccentricity")["label"],
+        }
+        for name, labs in examples.items():
+            for lab in labs:
+                pheno.annotate(labels, int(lab), name)
+        _wait(lambda: pheno.quality is not None and pheno._worker is None)
+        pheno.next_cell()
+        camera(viewer).zoom = 1.4
+        _wait(lambda: True)
+        path = out / "phenotypes.png"
+        viewer.screenshot(str(path), canvas_only=False)
+        print(f"wrote {path}")
+        pheno.close_session()
+        _wait(lambda: pheno._worker is None and pheno._quality_worker is None)
     viewer.close()
 
 

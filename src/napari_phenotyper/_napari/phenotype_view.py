@@ -24,7 +24,7 @@ __all__ = ["VIEW_ROLE", "find_view", "update_view", "view_colormap"]
 
 VIEW_ROLE = "phenotype_view"
 #: Opacity of predicted cells relative to annotated ones (annotated are opaque).
-PREDICTED_ALPHA = 0.45
+PREDICTED_ALPHA = 0.55
 
 
 def view_colormap(
@@ -88,7 +88,7 @@ def update_view(
             scale=labels.scale,
             translate=labels.translate,
             rotate=labels.rotate,
-            opacity=0.8,
+            opacity=0.9,
             blending="translucent",
             colormap=view_colormap(classes, mode),
             metadata={
@@ -96,6 +96,8 @@ def update_view(
             },
         )
         view.editable = False
+        if labels.contour == 0:  # outlines under the class colours, not a second fill
+            labels.contour = 1
         active = viewer.layers.selection.active
         viewer.add_layer(view)
         if active is not None and active in viewer.layers:  # adding a layer makes it active

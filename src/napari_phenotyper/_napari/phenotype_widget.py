@@ -1017,10 +1017,12 @@ class PhenotypeWidget(QWidget):
             marker = Points(
                 [world],
                 name="proposed cell",
-                symbol="ring",
+                symbol="disc",
                 size=size,
-                face_color="yellow",
-                border_width=0,
+                face_color="transparent",
+                border_color="yellow",
+                border_width=0.12,
+                border_width_is_relative=True,
                 metadata={META_KEY: {"role": "proposal"}},
             )
             self.viewer.add_layer(marker)
