@@ -91,11 +91,20 @@ def test_matrix_cache_reuses_until_the_table_changes(two_images):
     assert m1.dtype == np.float32
 
 
+def test_a_table_measured_differently_is_skipped_not_narrowing(two_images):
+    tables, truth, ann = two_images
+    tables = {**tables, "c.tif": tables["b.tif"].drop(columns="mean_intensity_image")}
+    result = run(iter_train_predict(tables, ann, ClassifierSettings(trees=20)))
+    assert result.feature_names == ["area", "mean_intensity_image"]
+    assert set(result.predictions) == {"a.tif", "b.tif"}
+    assert "mean_intensity_image" in result.skipped["c.tif"]
+
+
 def test_tables_without_shared_features_are_refused():
     a = pd.DataFrame({"label": [1, 2], "area": [1.0, 2.0]})
     b = pd.DataFrame({"label": [1, 2], "perimeter": [1.0, 2.0]})
     with pytest.raises(ValueError, match="share no feature column"):
-        run(iter_train_predict({"a": a, "b": b}, {"a": {1: "x", 2: "y"}}))
+        run(iter_train_predict({"a": a, "b": b}, {"a": {1: "x"}, "b": {2: "y"}}))
     with pytest.raises(ValueError, match="two classes"):
         run(iter_train_predict({"a": a}, {"a": {1: "x"}}))
 

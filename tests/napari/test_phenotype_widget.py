@@ -221,9 +221,17 @@ def test_session_restores_classes_and_annotations(setup, qtbot, tmp_path):
     viewer, labels, widget, kinds, _ = setup
     widget.annotate(labels, 1, "big")
     widget.annotate(labels, 2, "small")
+    widget.trees.setValue(40)
+    widget.kind.setCurrentIndex(widget.kind.findData("logistic_regression"))
+    widget.groups["texture"].setChecked(False)
     path = widget.save_session(tmp_path / "mine.json")
     other = PhenotypeWidget(viewer, session_path=tmp_path / "other.json")
     other.open_session(path)
+    assert other.trees.value() == 40 and other.kind.currentData() == "logistic_regression"
+    assert not other.groups["texture"].isChecked() and other.groups["shape"].isChecked()
+    # the autosaved file (not only an explicit save) has the settings
+    autosaved = json.loads((tmp_path / "session.json").read_text())
+    assert autosaved["settings"]["classifier"] == "logistic_regression"
     assert [c.name for c in other.store.classes] == ["small", "big"]
     assert other.store.annotations(other.key_of(labels)) == {1: "big", 2: "small"}
     other.close_session()

@@ -263,6 +263,7 @@ class PhenotypeWidget(QWidget):
         for name in STRATEGIES:
             self.strategy.addItem(name, name)
         self.strategy.setCurrentText("margin")
+        self.strategy.currentIndexChanged.connect(lambda _i: self._remember_settings())
         form.addRow("Strategy", self.strategy)
         nrow = QHBoxLayout()
         self.next_btn = QPushButton("Next cell (N)")
@@ -739,12 +740,53 @@ class PhenotypeWidget(QWidget):
 
     # ---- training ------------------------------------------------------------------
     def _settings_changed(self, *_: Any) -> None:
+        self._remember_settings()
         self._schedule()
+
+    def _remember_settings(self) -> None:
+        """Keep the controls' settings in the session (saved with it)."""
+        if getattr(self, "_restoring", False):
+            return
+        settings = {
+            "task": self.task,
+            "classifier": str(self.kind.currentData()),
+            "feature_groups": [g for g, cb in self.groups.items() if cb.isChecked()],
+            "trees": int(self.trees.value()),
+            "strategy": str(self.strategy.currentData()),
+            "value_range": [self.value_min.value(), self.value_max.value()],
+        }
+        if settings != self.store.settings:
+            self.store.settings = settings
+            if self.store.path is not None:
+                self.store.save(self.store.path)
+
+    def _restore_settings(self, settings: dict[str, Any]) -> None:
+        self._restoring = True
+        try:
+            if settings.get("task") in ("classification", "regression"):
+                self.mode.setCurrentIndex(self.mode.findData(settings["task"]))
+            if settings.get("classifier") in CLASSIFIERS:
+                self.kind.setCurrentIndex(self.kind.findData(settings["classifier"]))
+            groups = settings.get("feature_groups")
+            if isinstance(groups, list) and groups:
+                for g, cb in self.groups.items():
+                    cb.setChecked(g in groups)
+            if isinstance(settings.get("trees"), int):
+                self.trees.setValue(settings["trees"])
+            if settings.get("strategy") in STRATEGIES:
+                self.strategy.setCurrentIndex(self.strategy.findData(settings["strategy"]))
+            vr = settings.get("value_range")
+            if isinstance(vr, list) and len(vr) == 2:
+                self.value_min.setValue(float(vr[0]))
+                self.value_max.setValue(float(vr[1]))
+        finally:
+            self._restoring = False
 
     def _on_mode_changed(self, _i: int) -> None:
         regression = self.task == "regression"
         self.class_box.setVisible(not regression)
         self.value_box.setVisible(regression)
+        self._remember_settings()
         self.result = None
         self._write_all()
         self._schedule()
@@ -1060,16 +1102,14 @@ class PhenotypeWidget(QWidget):
     # ---- files ---------------------------------------------------------------------
     def save_session(self, path: str | os.PathLike) -> Path:
         """Save the session to ``path`` and keep autosaving there."""
-        self.store.settings = {"task": self.task, "classifier": str(self.kind.currentData())}
+        self._remember_settings()
         self.store.path = Path(path)
         return self.store.save(path)
 
     def open_session(self, path: str | os.PathLike) -> None:
         """Restore classes and annotations (and keep autosaving to that file)."""
         self.store = AnnotationStore.load(path)
-        kind = self.store.settings.get("classifier")
-        if kind in CLASSIFIERS:
-            self.kind.setCurrentIndex(list(CLASSIFIERS).index(kind))
+        self._restore_settings(dict(self.store.settings))
         known = {self.key_of(lay) for lay in self.layers()}
         missing = [k for k in self.store.images if k not in known]
         self._refresh_classes()

@@ -40,6 +40,7 @@ __all__ = [
     "iter_quality",
     "iter_train_predict",
     "propose",
+    "training_columns",
     "training_set",
 ]
 
@@ -56,6 +57,18 @@ def common_feature_columns(
         cols = feature_columns_for(table, groups)
         names = cols if names is None else [c for c in names if c in set(cols)]
     return names or []
+
+
+def training_columns(
+    tables: Mapping[str, pd.DataFrame],
+    annotations: Mapping[str, Mapping[int, Any]],
+    groups: Sequence[str] | None = None,
+) -> list[str]:
+    """The feature columns to learn from: those shared by every table holding annotations
+    (all tables when none does yet). A table without annotations and with other
+    columns does not narrow the feature set; it is left unpredicted instead."""
+    annotated = {k: t for k, t in tables.items() if annotations.get(k)}
+    return common_feature_columns(annotated or tables, groups)
 
 
 def annotation_column(
@@ -253,10 +266,10 @@ def iter_train_predict(
         settings = settings or RegressorSettings()
     else:
         settings = settings or ClassifierSettings()
-    names = common_feature_columns(tables, settings.feature_groups)
+    names = training_columns(tables, annotations, settings.feature_groups)
     if not names:
         raise ValueError(
-            "The measured tables share no feature column in the chosen feature groups; "
+            "The annotated tables share no feature column in the chosen feature groups; "
             "measure every image with the same features (or choose other groups)."
         )
     total = 1 + sum(len(t) for t in tables.values())
@@ -272,8 +285,18 @@ def iter_train_predict(
     yield Progress(done, total, "Trained")
     cache = cache if cache is not None else MatrixCache()
     predictions: dict[str, pd.DataFrame] = {}
+    skipped: dict[str, str] = {}
     t0 = time.perf_counter()
     for key, table in tables.items():
+        missing = [c for c in names if c not in table.columns]
+        if missing:
+            skipped[key] = (
+                f"lacks {len(missing)} of the classifier's feature columns ({', '.join(missing[:5])}"
+                + (" ..." if len(missing) > 5 else "")
+                + "); measure it like the annotated images"
+            )
+            done += len(table)
+            continue
         if task == "regression":
             predictions[key] = yield from _predict_values(model, table, done, total, key)
         else:
@@ -286,6 +309,7 @@ def iter_train_predict(
         predictions,
         n_train=len(y),
         task=task,
+        skipped=skipped,
         seconds_train=t_train,
         seconds_predict=time.perf_counter() - t0,
     )
@@ -332,14 +356,14 @@ def iter_quality(
         from .regression import RegressorSettings, cross_validate_regressor
 
         settings = settings or RegressorSettings()
-        names = common_feature_columns(tables, settings.feature_groups)
+        names = training_columns(tables, annotations, settings.feature_groups)
         X, y, _ = _with_extra(tables, annotations, names, extra)
         values = [float(v) for v in y]
         enough = len(values) >= 5 and len(set(values)) >= 2
         result = cross_validate_regressor(X, values, settings, folds=folds) if enough else None
     else:
         settings = settings or ClassifierSettings()
-        names = common_feature_columns(tables, settings.feature_groups)
+        names = training_columns(tables, annotations, settings.feature_groups)
         X, y, _ = _with_extra(tables, annotations, names, extra)
         result = cross_validate(X, y, settings, folds=folds) if len(set(y)) >= 2 else None
     yield Progress(1, 1, "Cross-validated")
