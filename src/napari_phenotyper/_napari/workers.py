@@ -36,8 +36,12 @@ def user_message(exc: BaseException) -> str:
     Our own validation errors (``ValueError``, ``ImportError``, ``KeyError``...) already
     say what to do; anything else is reported with its type so it can be searched for.
     """
+    from ..core.engine.errors import EngineError
+
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
+    if isinstance(exc, EngineError):  # already "Type: message" from the engine process
+        return str(exc)
     if isinstance(exc, ValueError | ImportError | FileNotFoundError | MemoryError | TypeError):
         text = str(exc) or type(exc).__name__
         if isinstance(exc, MemoryError):
@@ -76,6 +80,9 @@ def start_job(
     GeneratorWorker
         Call ``worker.quit()`` to cancel at the next yield.
     """
+    # errors reach the user once, through ``errored``; without _ignore_errors superqt
+    # would also re-raise them in the GUI thread as a second, raw traceback
+    kwargs.setdefault("_ignore_errors", True)
     worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
     if not isinstance(worker, GeneratorWorker):  # pragma: no cover - programming error
         raise TypeError(f"{gen_func!r} is not a generator function")

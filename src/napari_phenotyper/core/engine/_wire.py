@@ -1,0 +1,119 @@
+"""Messages between the GUI process and the engine process.
+
+A message is pickled with protocol 5. Buffers of at least :data:`OUT_OF_BAND_BYTES`
+(numpy arrays, mostly) are taken out of the pickle stream and sent raw after it, so a
+large array is copied once into the socket and once out of it, never into an
+intermediate ``bytes`` object. Received buffers are writable ``bytearray`` objects,
+so the arrays rebuilt on them are writable too (a labels layer must be paintable).
+
+Frame layout: one :meth:`~multiprocessing.connection.Connection.send_bytes` record
+holding ``uint32 n, n x uint64 buffer sizes, pickle header``, followed by the ``n``
+buffers. On POSIX the buffers go through the connection's file descriptor directly
+(``os.write`` / ``os.readv``); elsewhere each buffer is one ``send_bytes`` record.
+
+Measured on a 2-core Linux VM for a 2048 x 2048 ``uint32`` array (16 MiB), parent to
+child and back: about 70-150 ms pickled in-band, 40-55 ms through
+``multiprocessing.shared_memory`` (fresh pages fault in on both sides), 10-15 ms
+with out-of-band buffers.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["OUT_OF_BAND_BYTES", "encode", "recv", "send", "write"]
+
+#: Buffers smaller than this travel inside the pickle stream (fewer system calls).
+OUT_OF_BAND_BYTES = 64 * 1024
+
+_COUNT = struct.Struct("<I")
+
+
+def _raw_fd(conn: Any) -> int | None:
+    """The file descriptor to stream raw buffers through, or None to use records."""
+    if isinstance(conn, Connection) and hasattr(os, "readv"):
+        return conn.fileno()
+    return None
+
+
+def encode(obj: Any) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj``: the first record and the out-of-band buffers (not copied).
+
+    Nothing is written yet, so an object that cannot be pickled raises here and leaves
+    the connection usable.
+    """
+    buffers: list[memoryview] = []
+
+    def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buf.raw()
+        except BufferError:  # not contiguous: let pickle copy it in-band
+            return True
+        if raw.nbytes < OUT_OF_BAND_BYTES:
+            return True
+        buffers.append(raw)
+        return False  # false = out of band
+
+    header = pickle.dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
+    sizes = [b.nbytes for b in buffers]
+    return _COUNT.pack(len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes) + header, buffers
+
+
+def write(conn: Any, frame: tuple[bytes, list[memoryview]]) -> None:
+    """Write a frame made by :func:`encode`.
+
+    An exception raised here (the other end died, or an interrupt) may leave part of
+    the message written: the connection can then no longer be used.
+    """
+    record, buffers = frame
+    conn.send_bytes(record)
+    fd = _raw_fd(conn)
+    for raw in buffers:
+        if fd is None:
+            conn.send_bytes(raw)
+            continue
+        view = raw.cast("B")
+        pos = 0
+        while pos < view.nbytes:
+            pos += os.write(fd, view[pos:])
+
+
+def send(conn: Any, obj: Any) -> None:
+    """Pickle ``obj`` and send it, large buffers out of band (:func:`encode`, :func:`write`)."""
+    write(conn, encode(obj))
+
+
+def recv(conn: Any) -> Any:
+    """Receive one message sent by :func:`send`.
+
+    Raises
+    ------
+    EOFError
+        When the other end closed the connection (or died) before or during the message.
+        Any exception raised here may leave part of the message unread: the connection
+        can then no longer be used.
+    """
+    record = conn.recv_bytes()
+    (n,) = _COUNT.unpack_from(record)
+    sizes = struct.unpack_from(f"<{n}Q", record, _COUNT.size)
+    header = memoryview(record)[_COUNT.size + 8 * n :]
+    fd = _raw_fd(conn)
+    buffers = []
+    for size in sizes:
+        buf = bytearray(size)
+        if fd is None:
+            conn.recv_bytes_into(buf)
+        else:
+            view = memoryview(buf)
+            pos = 0
+            while pos < size:
+                got = os.readv(fd, [view[pos:]])
+                if got == 0:
+                    raise EOFError("connection closed in the middle of a message")
+                pos += got
+        buffers.append(buf)
+    return pickle.loads(header, buffers=buffers)
