@@ -14,7 +14,7 @@ from ..core.features import FEATURE_GROUPS
 from ..core.pipeline import MeasureParams, SegmentResult, estimate_params_diameter, select_channel
 from ..core.progress import Progress
 from ..core.segment import get_segmenter
-from ..core.segment.registry import available
+from ..core.segment.registry import BUILTIN, available
 from .layers import upsert_labels
 from .params_form import ParamsForm
 from .workers import SegmentRequest, segment_job, start_job, user_message
@@ -43,6 +43,7 @@ class SegmentWidget(Container):
         self.viewer = napari_viewer
         self._worker: Any = None
         self._segmenter_obj: Any = None
+        self._engine: Any = None  # deep-learning backends run in this process, started on first use
 
         self.image = ComboBox(
             label="image", choices=self._image_choices, nullable=False, tooltip="Image layer to segment"
@@ -197,9 +198,23 @@ class SegmentWidget(Container):
         self.status.value = (
             f"Running {self.segmenter.value} on {self._segmenter_obj.device(request.params)}..."
         )
+        engine = None
+        spec = BUILTIN.get(request.segmenter)
+        if spec is not None and spec.engine:
+            if self._engine is None:
+                from ..core.engine import EngineProcess
+
+                self._engine = EngineProcess()
+            engine = self._engine
+
+        def should_cancel() -> bool:
+            return self._worker is not None and self._worker.abort_requested
+
         self._worker = start_job(
             segment_job,
             request,
+            engine,
+            should_cancel,
             title="Segmentation",
             on_progress=self._on_progress,
             on_returned=lambda result: self._on_returned(source, result),
@@ -207,6 +222,12 @@ class SegmentWidget(Container):
             on_aborted=self._on_aborted,
             on_finished=lambda: self._set_running(False),
         )
+
+    def shutdown_engine(self) -> None:
+        """Stop the engine process (frees its memory; the next deep-learning run starts a new one)."""
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next step; the previous result is kept."""
@@ -218,6 +239,10 @@ class SegmentWidget(Container):
         """Estimate the object diameter from the selected image (in the background)."""
         layer = self.image.value
         seg = self._segmenter_obj
+        spec = BUILTIN.get(self.segmenter.value)
+        if spec is not None and spec.engine:
+            self.status.value = "This segmenter estimates the diameter in its engine process: tick 'estimate the diameter on every run'."
+            return
         if layer is None or seg is None or not hasattr(seg, "estimate_diameter"):
             show_error("Select an image (and a segmenter with a diameter) first.")
             return

@@ -19,13 +19,16 @@ from napari.utils.notifications import show_error, show_info
 from ..core.pipeline import (
     MeasureParams,
     SegmentResult,
-    estimate_params_diameter,
     iter_segment_and_measure,
     select_channel,
 )
 from ..core.progress import Progress
+from ..core.segment.registry import BUILTIN
 
-__all__ = ["SegmentRequest", "segment_job", "start_job", "user_message"]
+__all__ = ["ENGINE_SEGMENT", "SegmentRequest", "segment_job", "start_job", "user_message"]
+
+#: The core function an engine process runs to segment (estimate + segment).
+ENGINE_SEGMENT = "napari_phenotyper.core.pipeline:iter_segment_auto"
 
 logger = logging.getLogger(__name__)
 
@@ -129,24 +132,43 @@ def _as_plane_array(data: Any, rgb: bool) -> np.ndarray:
     return select_channel(arr, -1, None) if rgb else arr
 
 
-def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentResult]:
-    """Load the request's arrays in this (worker) thread, then run the core pipeline."""
+def segment_job(
+    request: SegmentRequest,
+    engine: Any = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Generator[Progress, None, SegmentResult]:
+    """Load the request's arrays in this (worker) thread, then run the core pipeline.
+
+    Segmenters registered with ``engine=True`` (deep learning) segment in ``engine``, an
+    :class:`~napari_phenotyper.core.engine.EngineProcess`; measuring stays here.
+    ``should_cancel`` is polled while the engine works (the Cancel button).
+    """
     yield Progress(0, 1, "Loading image")
     image = np.asarray(request.image)
     intensities = {name: _as_plane_array(data, rgb) for name, data, rgb in request.intensities} or None
-    params = request.params
-    if request.auto_diameter:
-        yield Progress(0, 1, "Estimating the object diameter")
-        params = estimate_params_diameter(
-            request.segmenter, params, select_channel(image, -1 if request.rgb else None, request.channel)
-        )
+    step: Callable[..., Any] | None = None
+    if BUILTIN.get(request.segmenter) is not None and BUILTIN[request.segmenter].engine:
+        if engine is None:
+            raise RuntimeError(
+                f"The {request.segmenter} segmenter runs in the engine process; none was given."
+            )
+        from .engine_worker import engine_job
+
+        def in_engine(plane: Any, segmenter: str, params: Any, auto: bool) -> Any:
+            job = engine.job(ENGINE_SEGMENT, plane, segmenter, params, auto)
+            return engine_job(job, should_cancel)
+
+        step = in_engine
+
     result = yield from iter_segment_and_measure(
         image,
         request.segmenter,
-        params,
+        request.params,
         channel_axis=-1 if request.rgb else None,
         channel=request.channel,
         intensities=intensities,
         measure=request.measure,
+        auto_diameter=request.auto_diameter,
+        segment_step=step,
     )
     return result

@@ -11,7 +11,7 @@ import dataclasses
 import platform
 import re
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -177,6 +177,20 @@ def iter_segment(
     return labels, provenance
 
 
+def iter_segment_auto(
+    image: np.ndarray, segmenter: str = "classical", params: Any = None, auto_diameter: bool = False
+) -> Generator[Progress, None, tuple[np.ndarray, dict[str, Any]]]:
+    """:func:`iter_segment`, after estimating the diameter on ``image`` when asked.
+
+    One call does both so that a backend running in the engine process estimates and
+    segments there, with its model loaded once.
+    """
+    if auto_diameter:
+        yield Progress(0, 1, "Estimating the object diameter")
+        params = estimate_params_diameter(segmenter, params, image)
+    return (yield from iter_segment(image, segmenter, params))
+
+
 def _channel_dict(intensities: np.ndarray | Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     if intensities is None:
         return {}
@@ -259,6 +273,8 @@ def iter_segment_and_measure(
     channel: int | None = None,
     intensities: np.ndarray | Mapping[str, np.ndarray] | None = None,
     measure: MeasureParams | None = None,
+    auto_diameter: bool = False,
+    segment_step: Callable[..., Generator[Progress, None, tuple[np.ndarray, dict[str, Any]]]] | None = None,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment an image and measure its cells: the whole single-image pipeline.
 
@@ -276,9 +292,19 @@ def iter_segment_and_measure(
         Channels to measure intensities in; defaults to the segmented channel.
     measure : MeasureParams, optional
         What to measure.
+    auto_diameter : bool
+        Estimate the object diameter on the image first.
+    segment_step : callable, optional
+        Runs :func:`iter_segment_auto`'s work: called as ``segment_step(plane, segmenter,
+        params, auto_diameter)``, a generator returning ``(labels, provenance)``. By
+        default it runs here; the napari widget passes one that runs deep-learning
+        backends in the engine process.
     """
     plane = select_channel(image, channel_axis, channel)
-    labels, provenance = yield from sub_progress(iter_segment(plane, segmenter, params), 0, 2, "Segment: ")
+    step = segment_step or iter_segment_auto
+    labels, provenance = yield from sub_progress(
+        step(plane, segmenter, params, auto_diameter), 0, 2, "Segment: "
+    )
     if intensities is None:
         intensities = {DEFAULT_CHANNEL: plane}
     t0 = time.perf_counter()

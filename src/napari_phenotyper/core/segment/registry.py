@@ -28,6 +28,9 @@ class SegmenterSpec:
         Importable modules the backend needs (checked by :func:`available`).
     install_hint : str
         What to install when a requirement is missing.
+    engine : bool
+        Run in the engine process (deep-learning backends: TensorFlow must never load
+        in the napari process, and models stay cached there between runs).
     """
 
     name: str
@@ -35,6 +38,7 @@ class SegmenterSpec:
     import_path: str
     requires: tuple[str, ...] = ()
     install_hint: str = ""
+    engine: bool = False
 
 
 #: Built-in segmenters (read-only). Adapters for deep-learning backends register here
@@ -45,6 +49,22 @@ BUILTIN: MappingProxyType[str, SegmenterSpec] = MappingProxyType(
             "classical",
             "Classical (threshold + watershed)",
             "napari_phenotyper.core.segment.classical:ClassicalSegmenter",
+        ),
+        "cellpose": SegmenterSpec(
+            "cellpose",
+            "Cellpose (deep learning)",
+            "napari_phenotyper.core.segment.cellpose:CellposeSegmenter",
+            requires=("cellpose", "torch"),
+            install_hint='Install it with: pip install "napari-phenotyper[cellpose]" (and torch for your platform first).',
+            engine=True,
+        ),
+        "stardist": SegmenterSpec(
+            "stardist",
+            "StarDist (deep learning)",
+            "napari_phenotyper.core.segment.stardist:StarDistSegmenter",
+            requires=("stardist", "tensorflow"),
+            install_hint='Install it with: pip install "napari-phenotyper[stardist]".',
+            engine=True,
         ),
     }
 )
