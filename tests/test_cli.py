@@ -1,5 +1,6 @@
 """The headless command line on the built-in sample, folders and bad input."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -110,3 +111,129 @@ def test_help_and_version(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+
+
+# ------------------------------------------------------------------------------ batch
+def _plate(folder):
+    folder.mkdir()
+    for name, centers in {
+        "P1_A01_s1": [(25, 25)],
+        "P1_A01_s2": [(25, 25), (70, 60)],
+        "P1_B01_s1": [(70, 60)],
+    }.items():
+        img = np.full((96, 96), 10, np.uint16)
+        for c in centers:
+            img[disk(c, 9, shape=img.shape)] = 1000
+        tifffile.imwrite(folder / f"{name}.tif", img)
+    (folder / "P1_B01_s2.tif").write_bytes(b"broken")
+    return folder
+
+
+def test_pipeline_then_batch_with_layout_csv(tmp_path, capsys):
+    pipe = tmp_path / "pipe.json"
+    assert (
+        main(["pipeline", str(pipe), "--diameter", "18", "--features", "shape,intensity", "--name", "t"]) == 0
+    )
+    spec = json.loads(pipe.read_text())
+    assert spec["segmenter"]["params"]["diameter"] == 18.0 and spec["measure"]["groups"] == [
+        "shape",
+        "intensity",
+    ]
+    assert spec["segmenter"]["auto_diameter"] is False
+    images = _plate(tmp_path / "in")
+    layout = tmp_path / "layout.csv"
+    layout.write_text(
+        "file,plate,well,site,treatment,control\n"
+        "P1_A01_s1.tif,P1,A1,1,dmso,negative\nP1_A01_s2.tif,P1,A1,2,dmso,negative\n"
+        "P1_B01_s1.tif,P1,B1,1,toxin,positive\nP1_B01_s2.tif,P1,B1,2,toxin,positive\n"
+    )
+    out = tmp_path / "out"
+    argv = [
+        "batch",
+        str(pipe),
+        str(images),
+        "--out",
+        str(out),
+        "--layout-csv",
+        str(layout),
+        "--format",
+        "csv",
+    ]
+    assert main([*argv, "--labels", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "FAILED P1_B01_s2: TiffFileError" in captured.err
+    assert "at least two positive and two negative control wells" in captured.err  # one well of each
+    last = captured.out.strip().splitlines()[-1]
+    assert last.startswith("RESULT n_images=4 n_processed=3 n_skipped=0 n_failed=1 n_cells=4 ")
+    cells = pd.read_csv(out / "cells.csv", dtype={"site": str})
+    assert list(cells.columns[:7]) == ["plate", "well", "site", "image", "label", "treatment", "control"]
+    assert cells["well"].tolist() == ["A01", "A01", "A01", "B01"]
+    wells = pd.read_csv(out / "well_profiles.csv")
+    assert wells[["well", "n_images", "n_cells"]].values.tolist() == [["A01", 2, 3], ["B01", 1, 1]]
+    assert (out / "well_zscores.csv").exists() and (out / "labels" / "P1_A01_s2_labels.tif").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run"]["layout_table"]["sha256"] and manifest["run"]["pipeline_file"] == str(pipe)
+    assert "broken" in manifest["failures"]["P1_B01_s2"] or "TIFF" in manifest["failures"]["P1_B01_s2"]
+
+    # rerun: finished images are kept, the broken one is tried again
+    assert main([*argv, "--quiet"]) == 0
+    assert "n_processed=0 n_skipped=3 n_failed=1" in capsys.readouterr().out
+    assert main([*argv, "--quiet", "--force"]) == 0
+    assert "n_processed=3 n_skipped=0" in capsys.readouterr().out
+
+
+def test_batch_progress_shows_speed_and_eta(tmp_path, capsys):
+    pipe = tmp_path / "p.json"
+    assert main(["pipeline", str(pipe), "--diameter", "18", "--features", "shape"]) == 0
+    images = _write_images(tmp_path / "in", 2)
+    assert main(["batch", str(pipe), str(images), "--out", str(tmp_path / "o"), "--format", "csv"]) == 0
+    err = capsys.readouterr().err
+    assert "2/2 images" in err and "images/s" in err and "ETA" in err
+
+
+NEEDS_PYARROW = pytest.mark.skipif(
+    importlib.util.find_spec("pyarrow") is None, reason="pyarrow is not installed (pip install pyarrow)"
+)
+
+
+@NEEDS_PYARROW
+def test_batch_errors_are_clear(tmp_path, capsys):
+    images = _write_images(tmp_path / "in", 1)
+    pipe = tmp_path / "p.json"
+    pipe.write_text('{"format": "napari-phenotyper-pipeline", "version": 1, "segmenter": {"name": "x"}}')
+    out = str(tmp_path / "o")
+    assert main(["batch", str(pipe), str(images), "--out", out]) == 2
+    assert "segmenter.name: Unknown segmenter 'x'" in capsys.readouterr().err
+    assert main(["pipeline", str(pipe), "--diameter", "18"]) == 0
+    capsys.readouterr()
+    assert main(["batch", str(pipe), str(images), "--out", out, "--layout", "(?P<plate>P1)"]) == 2
+    assert "no (?P<well>...) group" in capsys.readouterr().err
+    assert main(["batch", str(pipe), str(images), "--out", out, "--layout", r"(?P<well>Z\d+)"]) == 2
+    assert "1 of 1 file names do not match" in capsys.readouterr().err
+    assert main(["batch", str(pipe), str(tmp_path / "none*.tif"), "--out", out]) == 2
+    assert "No such file, folder or pattern" in capsys.readouterr().err
+    assert main(["batch", str(pipe), str(images), "--out", out, "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert (
+        main(["batch", str(pipe), str(images), "--out", out, "--workers", "2", "--scheduler", "tcp://x:1"])
+        == 2
+    )
+    assert "not both" in capsys.readouterr().err
+    assert main(["pipeline", str(tmp_path / "q.json"), "--classifier", str(tmp_path / "none.zip")]) == 2
+    assert "No such classifier file" in capsys.readouterr().err
+
+
+@NEEDS_PYARROW
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:distributed")
+def test_batch_on_local_dask_workers(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    pipe = tmp_path / "p.json"
+    assert main(["pipeline", str(pipe), "--diameter", "18", "--features", "shape"]) == 0
+    images = _write_images(tmp_path / "in", 2)
+    out = tmp_path / "o"
+    assert main(["batch", str(pipe), str(images), "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    assert "RESULT n_images=2 n_processed=2" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["execution"]["mode"] == "dask" and manifest["execution"]["workers"] == 1
+    assert manifest["run"]["executor_start_seconds"] > 0
+    assert len(pd.read_parquet(out / "cells.parquet")) == 3

@@ -3,6 +3,9 @@
 napari-phenotyper segment IMAGES... --out DIR       segment + measure, write labels, cells.csv, summary.csv
 napari-phenotyper segment --sample nuclei --out DIR  the built-in sample (with ground truth)
 napari-phenotyper evaluate --images DIR --masks DIR  accuracy against instance masks
+napari-phenotyper pipeline OUT.json [options]        save a pipeline file for batch runs
+napari-phenotyper batch PIPELINE INPUT... --out DIR  run a pipeline over many images (resumable;
+                                                     plate layouts, profiles, Dask workers)
 """
 
 from __future__ import annotations
@@ -263,6 +266,143 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .core.pipeline_spec import ModelRef, PipelineError, PipelineSpec
+    from .io.pipeline_file import save_pipeline
+
+    diameter = _diameter_arg(args.diameter)
+    params = _segment_params(args.segmenter, argparse.Namespace(**{**vars(args), "diameter": None}))
+    values = dataclasses.asdict(params)
+    if isinstance(diameter, float):
+        if "diameter" not in values:
+            raise CLIError(f"The {args.segmenter} segmenter has no diameter parameter.")
+        values["diameter"] = diameter
+    groups = (
+        tuple(g.strip() for g in args.features.split(",") if g.strip()) if args.features != "all" else None
+    )
+    model = None
+    if args.model:
+        model = (
+            ModelRef(path=str(Path(args.model).resolve()))
+            if Path(args.model).exists()
+            else ModelRef(name=args.model)
+        )
+    spec = PipelineSpec(
+        segmenter=args.segmenter,
+        params=values,
+        auto_diameter=diameter == "auto" and "diameter" in values,
+        model=model,
+        channel=args.channel,
+        classifier=None if args.classifier is None else _file_ref(args.classifier),
+        name=args.name or "",
+        description=args.description or "",
+        **({"feature_groups": groups} if groups else {}),
+    )
+    spec = spec.with_model_from_params()  # --param model=... is recorded like --model
+    try:
+        path = save_pipeline(spec, args.output)
+    except PipelineError as exc:
+        raise CLIError(str(exc)) from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"Wrote the pipeline to {path}")
+    return 0
+
+
+def _file_ref(path: str) -> Any:
+    from .core.pipeline_spec import FileRef
+
+    if not Path(path).is_file():
+        raise CLIError(f"No such classifier file: {path}")
+    return FileRef(str(Path(path).resolve()))
+
+
+class _BatchBar:
+    """Terminal progress of a batch run: images done, images/s and ETA (tqdm on stderr)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def update(self, p: Any) -> None:
+        if self.quiet or not hasattr(p, "n_images"):
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=p.n_images,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format="{percentage:3.0f}%|{bar}| {desc}",
+            )
+        self.bar.n = min(p.n_images, p.step / 1000)
+        self.bar.set_description_str(f"{p.summary()} · {p.message[:40]}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .core.batch import BatchOptions, BatchRequest, iter_run_batch
+    from .core.pipeline_spec import PipelineError
+    from .core.progress import run
+    from .io.pipeline_file import load_pipeline
+    from .io.tables import require_format
+
+    if args.workers is not None and args.workers < 1:
+        raise CLIError("--workers must be at least 1 (leave it out to run in this process).")
+    if args.workers is not None and args.scheduler:
+        raise CLIError("Give --workers (a local cluster) or --scheduler (a running one), not both.")
+    try:
+        require_format(args.format)
+        pipeline = load_pipeline(args.pipeline)
+        request = BatchRequest(
+            inputs=tuple(args.inputs),
+            pipeline=pipeline,
+            options=BatchOptions(
+                out_dir=args.out, format=args.format, labels=args.labels, force=args.force, h5ad=args.h5ad
+            ),
+            layout_regex=args.layout,
+            layout_table=args.layout_csv,
+            workers=args.workers or 0,
+            scheduler=args.scheduler,
+            pipeline_file=str(Path(args.pipeline).resolve()),
+            command=tuple(sys.argv),
+        )
+    except (PipelineError, FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    bar = _BatchBar(args.quiet)
+    try:
+        result = run(iter_run_batch(request), bar.update)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        bar.close()
+    for name, err in result.failures.items():  # the whole message is in manifest.json
+        print(f"FAILED {name}: {(err.splitlines() or [''])[0]}", file=sys.stderr)
+    for note in result.notes:
+        print(f"Note: {note}", file=sys.stderr)
+    c = result.counts
+    print(
+        f"{c['processed']} image(s) processed, {c['skipped']} kept from an earlier run, {c['failed']} failed; "
+        f"{c['cells']} cells. Outputs in {result.out_dir}:"
+    )
+    for key, path in result.outputs.items():
+        print(f"  {key}: {Path(path).name}")
+    if result.z_prime is not None and len(result.z_prime):
+        zp = result.z_prime.dropna(subset=["z_prime"]).sort_values("z_prime", ascending=False)
+        if len(zp):
+            best = zp.iloc[0]
+            print(f"Best Z': {best['z_prime']:.3f} ({best['readout']})")
+    print(result.result_line())
+    return 0 if c["processed"] + c["skipped"] > 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     from . import __version__
@@ -324,6 +464,64 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--masks", required=True, help="folder of label masks, matched to images by file stem")
     add_segmenter_args(ev)
     ev.set_defaults(func=_cmd_evaluate)
+
+    pl = sub.add_parser(
+        "pipeline",
+        help="save a pipeline file (segmenter, parameters, features, classifier) for batch runs",
+    )
+    pl.add_argument("output", help="pipeline file to write (.json, or .yaml)")
+    pl.add_argument(
+        "--features",
+        default="all",
+        help="comma-separated feature groups: shape,intensity,texture,neighbors (default: all)",
+    )
+    pl.add_argument(
+        "--classifier", default=None, help="saved classifier/regressor file to apply to every cell"
+    )
+    pl.add_argument(
+        "--model", default=None, help="segmentation model name or file (for backends with models)"
+    )
+    pl.add_argument("--name", default=None, help="a name for people")
+    pl.add_argument("--description", default=None, help="a description for people")
+    add_segmenter_args(pl)
+    pl.set_defaults(func=_cmd_pipeline)
+
+    ba = sub.add_parser(
+        "batch",
+        help="run a pipeline file over many images: one cell table, per-image/per-well profiles, manifest",
+        description="Run a pipeline over files, folders and glob patterns. Reruns skip finished images "
+        "(unless --force); unreadable images are reported and skipped. See docs/batch.md.",
+    )
+    ba.add_argument("pipeline", help="pipeline file (napari-phenotyper pipeline ... or the Batch widget)")
+    ba.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    ba.add_argument("--out", required=True, help="output folder (created if needed)")
+    ba.add_argument(
+        "--layout",
+        default=None,
+        metavar="REGEX",
+        help="find plate/well/site in file names, e.g. '(?P<plate>P\\d+)_(?P<well>[A-P]\\d{2})_s(?P<site>\\d+)'",
+    )
+    ba.add_argument(
+        "--layout-csv",
+        default=None,
+        metavar="FILE",
+        help="CSV with file,plate,well,site and annotations (treatment, concentration, control=negative|positive); "
+        "or, with --layout, one row per well",
+    )
+    ba.add_argument(
+        "--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)"
+    )
+    ba.add_argument("--labels", action="store_true", help="also write each image's label TIFF")
+    ba.add_argument("--force", action="store_true", help="redo images finished by an earlier run")
+    ba.add_argument("--h5ad", action="store_true", help="also write the cells as AnnData (needs anndata)")
+    ba.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="run on a local Dask cluster of N processes"
+    )
+    ba.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="run on a Dask scheduler (tcp://host:8786)"
+    )
+    ba.add_argument("--quiet", action="store_true", help="no progress bar")
+    ba.set_defaults(func=_cmd_batch)
     return parser
 
 

@@ -1,14 +1,18 @@
-"""Aggregation of per-cell results: one row per image (later also per well).
+"""Aggregation of per-cell results: one row per image, per well, or any other group.
 
 A per-cell table has a ``label`` column and one row per cell; our phenotype columns
 are ``pheno_annotation`` (the class the user gave, or missing), ``pheno_class``
 (categorical predicted class), ``pheno_proba_<class>``, ``pheno_uncertainty`` and, in
 regression mode, ``pheno_value_annotation``, ``pheno_value`` and ``pheno_value_spread``.
+
+:func:`class_summary` counts classes per group; :func:`profile_row` and
+:func:`profiles` add the mean and median of every feature and per-class feature means;
+:func:`zscore_to_controls` and :func:`z_prime` compare profiles with control wells.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +27,12 @@ __all__ = [
     "effective_class",
     "has_phenotype_columns",
     "phenotype_columns",
+    "profile_features",
+    "profile_row",
+    "profiles",
+    "readout_columns",
+    "z_prime",
+    "zscore_to_controls",
 ]
 
 #: Our fixed phenotype columns, in the order they are exported (``pheno_proba_<class>``
@@ -309,3 +319,360 @@ def combine_tables(tables: Mapping[str, pd.DataFrame], image_column: str = "imag
         if col not in combined.columns:
             combined[col] = np.nan
     return combined[columns]
+
+
+# ------------------------------------------------------------------ feature profiles
+#: Columns that say where a cell comes from; never features, never readouts.
+ID_COLUMNS = ("plate", "well", "site", "image", "label")
+#: Count columns of a profile that are bookkeeping, not readouts.
+_NOT_READOUTS = ("n_annotated", "n_images")
+
+
+def profile_features(table: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
+    """The feature columns a profile aggregates: numeric, not identifiers or phenotype columns.
+
+    Uses the classifier's rule (:func:`~napari_phenotyper.core.classify.model.feature_columns_for`:
+    no ``label``, ``axis*``, ``centroid_*``, ``bbox_*`` or ``pheno_*``) and also drops
+    ``plate``, ``well``, ``site`` and the columns in ``exclude`` (e.g. annotations such as
+    ``concentration``).
+    """
+    from .classify.model import feature_columns_for
+
+    skip = {*ID_COLUMNS, *map(str, exclude)}
+    return [c for c in feature_columns_for(table) if str(c) not in skip]
+
+
+def _with_classes(cells: pd.DataFrame, classes: Sequence[str] | None, class_column: str) -> pd.DataFrame:
+    """``cells`` whose class column is categorical over ``classes`` (then any other class)."""
+    if classes is None:
+        return cells
+    classes = [str(c) for c in classes]
+    if class_column not in cells.columns:
+        values = pd.Series([None] * len(cells), index=cells.index, dtype=object)
+    else:
+        values = cells[class_column]
+    found = sorted(set(_text(values)) - {"", *classes})
+    cells = cells.copy()
+    cells[class_column] = pd.Categorical(
+        [None if v == "" else v for v in _text(values)], categories=[*classes, *found]
+    )
+    return cells
+
+
+def _float_matrix(cells: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
+    """Features as float64, non-finite values as NaN; a missing column is all NaN."""
+    data = {}
+    for f in features:
+        if f in cells.columns:
+            v = pd.to_numeric(cells[f], errors="coerce").to_numpy(dtype=np.float64, copy=True)
+            v[~np.isfinite(v)] = np.nan
+        else:
+            v = np.full(len(cells), np.nan)
+        data[f] = v
+    return pd.DataFrame(data, index=pd.RangeIndex(len(cells)), columns=list(features))
+
+
+def profile_row(
+    cells: pd.DataFrame,
+    features: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    *,
+    class_means: bool = True,
+    class_column: str = "pheno_class",
+    annotation_column: str = "pheno_annotation",
+) -> dict[str, Any]:
+    """The profile of one group of cells (an image, a well...) as a single row.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        The group's per-cell table (may be empty).
+    features : sequence of str, optional
+        Feature columns to aggregate (default :func:`profile_features`). A column the
+        table lacks gives NaN, so that groups aggregated separately get the same columns.
+    classes : sequence of str, optional
+        The phenotype classes, in order (default: those found, see :func:`classes_of`).
+        Give the classifier's classes so that every group gets every class column.
+    class_means : bool
+        Also give the mean of every feature over the cells of each class.
+
+    Returns
+    -------
+    dict
+        In order: the columns of :func:`class_summary` without the group name
+        (``n_cells``, ``n_annotated``, ``n_<class>``, ``fraction_<class>``,
+        ``mean_uncertainty``, ``mean_value``, ``median_value`` as they apply), then
+        ``mean_<feature>`` and ``median_<feature>`` for each feature, then
+        ``mean_<feature>__<class>`` for each class and feature. Non-finite feature values
+        are skipped; a mean or median without values is NaN. Each cell counts in its
+        annotated class where it has one, else its predicted class.
+
+    Raises
+    ------
+    ValueError
+        If two output columns would get the same name (e.g. a feature named
+        ``uncertainty``).
+    """
+    features = list(profile_features(cells) if features is None else features)
+    cells = _with_classes(cells, classes, class_column)
+    group = "\0group"
+    summary = class_summary(
+        cells.drop(columns=[group], errors="ignore"),
+        image_column=group,
+        class_column=class_column,
+        annotation_column=annotation_column,
+    )
+    row: dict[str, Any] = {k: v[0] for k, v in summary.drop(columns=group).to_dict("list").items()}
+
+    def put(key: str, value: float) -> None:
+        if key in row:
+            raise ValueError(f"The profile column {key!r} would be made twice; rename that feature or class.")
+        row[key] = value
+
+    X = _float_matrix(cells, features)
+    means, medians = X.mean(), X.median()
+    for f in features:
+        put(f"mean_{f}", float(means[f]))
+    for f in features:
+        put(f"median_{f}", float(medians[f]))
+    if class_means:
+        names = [
+            str(c)
+            for c in (classes if classes is not None else classes_of(cells, class_column, annotation_column))
+        ]
+        eff = effective_class(cells, class_column, annotation_column)
+        for c in names:
+            sub = X[eff == c].mean()
+            for f in features:
+                put(f"mean_{f}__{c}", float(sub[f]))
+    return row
+
+
+def _group_keys(table: pd.DataFrame, by: Sequence[str]) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """Group keys (text tuples, in order of first appearance) and each row's group index."""
+    if not by:
+        return [()], np.zeros(len(table), dtype=np.intp)
+    columns = [_text(table[c]) for c in by]
+    keys = list(zip(*columns, strict=True)) if len(table) else []
+    names: list[tuple[str, ...]] = _unique(keys)
+    if len(by) == 1 and isinstance(table[by[0]].dtype, pd.CategoricalDtype):
+        names = _unique([*((str(c),) for c in table[by[0]].cat.categories), *names])
+    index = {k: i for i, k in enumerate(names)}
+    return names, np.array([index[k] for k in keys], dtype=np.intp)
+
+
+def profiles(
+    table: pd.DataFrame,
+    by: Sequence[str] = ("image",),
+    features: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    annotations: Sequence[str] = (),
+    *,
+    class_means: bool = True,
+) -> pd.DataFrame:
+    """Per-group profiles of a per-cell table: class proportions and feature statistics.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Per-cell table.
+    by : sequence of str
+        Grouping columns, e.g. ``("image",)`` or ``("plate", "well")``; those the table
+        lacks are ignored (none left: one group). Groups come in order of their first cell
+        (a single categorical column: every category, in order, even without cells).
+    features : sequence of str, optional
+        Feature columns (default :func:`profile_features` without ``by`` and
+        ``annotations``).
+    classes : sequence of str, optional
+        Phenotype classes (default: those of the whole table, see :func:`classes_of`).
+    annotations : sequence of str
+        Columns constant within a group (treatment, concentration, control...), copied
+        to the profile after the group columns: the group's first non-missing value.
+    class_means : bool
+        Add per-class feature means.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group: the ``by`` columns (text), the annotations, then the columns
+        of :func:`profile_row`.
+    """
+    by = [c for c in by if c in table.columns]
+    annotations = [c for c in annotations if c in table.columns and c not in by]
+    if features is None:
+        features = profile_features(table, exclude=[*by, *annotations])
+    if classes is None and ("pheno_class" in table.columns or "pheno_annotation" in table.columns):
+        classes = classes_of(table)
+    names, codes = _group_keys(table, by)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    rows = []
+    for g, key in enumerate(names):
+        sub = table.iloc[order[bounds[g] : bounds[g + 1]]]
+        row: dict[str, Any] = dict(zip(by, key, strict=True))
+        for a in annotations:
+            present = sub[a].dropna()
+            row[a] = present.iloc[0] if len(present) else None
+        row.update(profile_row(sub, features, classes, class_means=class_means))
+        rows.append(row)
+    if not rows:
+        empty = profile_row(table.iloc[:0], features, classes, class_means=class_means)
+        return pd.DataFrame(columns=[*by, *annotations, *empty])
+    return pd.DataFrame(rows)
+
+
+def readout_columns(profile_table: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
+    """The numeric readouts of a profile table: every numeric column except identifiers,
+    ``n_annotated``, ``n_images`` and ``exclude`` (annotations such as ``concentration``)."""
+    skip = {*ID_COLUMNS, *_NOT_READOUTS, *map(str, exclude)}
+    return [
+        str(c)
+        for c in profile_table.columns
+        if str(c) not in skip
+        and pd.api.types.is_numeric_dtype(profile_table[c])
+        and not pd.api.types.is_bool_dtype(profile_table[c])
+    ]
+
+
+def _control_mask(profile_table: pd.DataFrame, control_column: str, value: str) -> np.ndarray:
+    if control_column not in profile_table.columns:
+        raise ValueError(
+            f"The profiles have no {control_column!r} column: mark the control wells in the plate "
+            f"layout ({control_column}=negative or positive)."
+        )
+    return np.asarray(_text(profile_table[control_column]) == value)
+
+
+def _stats(values: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Count, mean and sample standard deviation (ddof=1) per column, skipping NaN."""
+    return values.count(), values.mean(), values.std(ddof=1)
+
+
+def zscore_to_controls(
+    profile_table: pd.DataFrame,
+    readouts: Sequence[str] | None = None,
+    *,
+    control_column: str = "control",
+    negative: str = "negative",
+    by: Sequence[str] = ("plate",),
+) -> pd.DataFrame:
+    """Readouts as z-scores against the negative control wells.
+
+    ``z = (x - mean_neg) / sd_neg`` with the mean and the sample standard deviation
+    (``ddof=1``) of the negative controls in the same ``by`` group (per plate by default;
+    over the whole table when the ``by`` columns are absent).
+
+    Parameters
+    ----------
+    profile_table : pandas.DataFrame
+        Per-well (or per-image) profiles with a control column.
+    readouts : sequence of str, optional
+        Columns to normalise (default :func:`readout_columns`).
+    control_column, negative : str
+        The column flagging controls and its value for negative controls.
+    by : sequence of str
+        Columns whose groups are normalised separately (plates).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with each readout replaced by its z-score. NaN where the group has fewer
+        than two negative controls with a value, or their standard deviation is 0.
+
+    Raises
+    ------
+    ValueError
+        Without a control column or without any negative control.
+    """
+    neg = _control_mask(profile_table, control_column, negative)
+    if not neg.any():
+        raise ValueError(
+            f"No {negative} control wells: mark some in the layout ({control_column}={negative})."
+        )
+    readouts = list(readout_columns(profile_table) if readouts is None else readouts)
+    out = profile_table.copy()
+    by = [c for c in by if c in profile_table.columns]
+    _names, codes = _group_keys(profile_table, by)
+    values = profile_table[readouts].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    z = np.full(values.shape, np.nan)
+    for g in np.unique(codes):
+        rows = codes == g
+        n, mean, sd = _stats(values[rows & neg])
+        ok = ((n >= 2) & (sd > 0) & np.isfinite(sd)).to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            zg = (values[rows].to_numpy() - mean.to_numpy()) / sd.to_numpy()
+        zg[:, ~ok] = np.nan
+        z[rows] = zg
+    for k, c in enumerate(readouts):
+        out[c] = z[:, k]
+    return out
+
+
+def z_prime(
+    profile_table: pd.DataFrame,
+    readouts: Sequence[str] | None = None,
+    *,
+    control_column: str = "control",
+    negative: str = "negative",
+    positive: str = "positive",
+    by: Sequence[str] = (),
+) -> pd.DataFrame:
+    """The Z'-factor of each readout between positive and negative controls.
+
+    ``Z' = 1 - 3 (sd_pos + sd_neg) / |mean_pos - mean_neg|`` (Zhang, Chung & Oldenburg,
+    1999), with sample standard deviations (``ddof=1``) over the control wells. Z' > 0.5
+    is an excellent assay window; Z' <= 0 means the controls overlap.
+
+    Parameters
+    ----------
+    profile_table : pandas.DataFrame
+        Per-well (or per-image) profiles with a control column.
+    readouts : sequence of str, optional
+        Default :func:`readout_columns`.
+    by : sequence of str
+        Compute it per group (e.g. ``("plate",)``); columns absent are ignored.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group and readout: the ``by`` columns, ``readout``, ``n_negative``,
+        ``n_positive``, ``mean_negative``, ``sd_negative``, ``mean_positive``,
+        ``sd_positive``, ``z_prime``. Z' is NaN with fewer than two controls of either kind
+        with a value, or equal means.
+
+    Raises
+    ------
+    ValueError
+        Without a control column.
+    """
+    neg = _control_mask(profile_table, control_column, negative)
+    pos = _control_mask(profile_table, control_column, positive)
+    readouts = list(readout_columns(profile_table) if readouts is None else readouts)
+    by = [c for c in by if c in profile_table.columns]
+    names, codes = _group_keys(profile_table, by)
+    values = profile_table[readouts].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    rows = []
+    for g, key in enumerate(names):
+        in_group = codes == g
+        n_n, m_n, s_n = _stats(values[in_group & neg])
+        n_p, m_p, s_p = _stats(values[in_group & pos])
+        for c in readouts:
+            gap = abs(m_p[c] - m_n[c])
+            valid = n_n[c] >= 2 and n_p[c] >= 2 and np.isfinite(gap) and gap > 0
+            z = 1.0 - 3.0 * (s_p[c] + s_n[c]) / gap if valid else np.nan
+            rows.append(
+                {
+                    **dict(zip(by, key, strict=True)),
+                    "readout": c,
+                    "n_negative": int(n_n[c]),
+                    "n_positive": int(n_p[c]),
+                    "mean_negative": float(m_n[c]),
+                    "sd_negative": float(s_n[c]),
+                    "mean_positive": float(m_p[c]),
+                    "sd_positive": float(s_p[c]),
+                    "z_prime": float(z),
+                }
+            )
+    columns = [*by, "readout", "n_negative", "n_positive", "mean_negative", "sd_negative"]
+    columns += ["mean_positive", "sd_positive", "z_prime"]
+    return pd.DataFrame(rows, columns=columns)

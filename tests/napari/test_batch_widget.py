@@ -1,0 +1,154 @@
+"""The "Batch" dock widget: build a pipeline, run it in a real thread, cancel, see profiles."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from skimage.draw import disk
+
+from napari_phenotyper._napari.batch_widget import BatchWidget, ProfileTable
+from napari_phenotyper._napari.segment_widget import SegmentWidget
+from napari_phenotyper.core.pipeline_spec import PipelineSpec
+from napari_phenotyper.io.pipeline_file import load_pipeline, save_pipeline
+
+
+def _images(folder, n, size=96):
+    folder.mkdir()
+    for i in range(n):
+        img = np.full((size, size), 10, np.uint16)
+        for c in [(25, 25), (70, 60), (30, 70)][: i % 3 + 1]:
+            img[disk(c, 9, shape=img.shape)] = 1000
+        tifffile.imwrite(folder / f"P1_A{i % 3 + 1:02d}_s{i}.tif", img)
+    return folder
+
+
+def _fill(widget, folder, out):
+    widget.auto_diameter.value = False
+    widget.form.set_value("diameter", 18.0)
+    widget.groups["texture"].value = widget.groups["neighbors"].value = False
+    widget.inputs.value = str(folder)
+    widget.out_dir.value = out
+    widget.format.value = "csv"
+
+
+def test_run_shows_progress_and_opens_the_profiles(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    folder = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    _fill(widget, folder, out)
+    widget.layout_regex.value = r"(?P<plate>P\d)_(?P<well>[A-H]\d+)_s(?P<site>\d+)"
+    progress = []
+    widget.progress.changed.connect(progress.append)
+    statuses = []
+
+    widget.run()
+    worker = widget._worker
+    worker.yielded.connect(lambda p: statuses.append(widget.status.value))  # runs after the widget's slot
+    assert worker is not None and not widget.run_button.enabled and widget.cancel_button.enabled
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=5000)
+
+    assert widget.result is not None and widget.result.counts["processed"] == 3
+    assert progress and max(progress) == 1000
+    assert any("images/s" in s for s in statuses), statuses
+    assert "Done: 3 processed" in widget.status.value
+    table = widget.profile_table
+    assert isinstance(table, ProfileTable) and "Batch profiles" in viewer.window.dock_widgets
+    assert table.frame["image"].tolist() == ["P1_A01_s0", "P1_A02_s1", "P1_A03_s2"]
+    assert table.frame["n_cells"].tolist() == [1, 2, 3]
+    assert table.view.model().rowCount() == 3
+    assert (out / "cells.csv").exists() and (out / "well_profiles.csv").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run"]["command"] == ["napari", "Batch widget"]
+
+    # a second run resumes: nothing to redo, the table is refreshed
+    widget.run()
+    with qtbot.waitSignal(widget._worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=5000)
+    assert widget.result.counts["skipped"] == 3 and widget.profile_table is not table
+
+
+def test_cancel_stops_and_keeps_finished_images(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    folder = _images(tmp_path / "in", 12, size=256)
+    out = tmp_path / "out"
+    out.mkdir()
+    _fill(widget, folder, out)
+    widget.run()
+    worker = widget._worker
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=30_000)
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=5000)
+    assert "Cancelled" in widget.status.value
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    assert widget.result is None and widget.profile_table is None
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "cancelled"
+    assert manifest["counts"]["processed"] < 12
+    assert not (out / "cells.csv").exists()
+
+
+def test_pipeline_from_segment_widget_save_and_load(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    assert not widget.copy_from_segment_widget()  # none open: says so, changes nothing
+
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment & measure")
+    seg.auto_diameter.value = False
+    seg.form.set_value("diameter", 23.0)
+    seg.form.set_value("threshold_method", "li")
+    seg.groups["texture"].value = False
+    assert widget.copy_from_segment_widget()
+    spec = widget.pipeline_spec()
+    assert spec.params["diameter"] == 23.0 and spec.params["threshold_method"] == "li"
+    assert spec.feature_groups == ("shape", "intensity", "neighbors") and not spec.auto_diameter
+
+    path = widget.save_pipeline(tmp_path / "p.json")
+    assert path is not None and load_pipeline(path) == spec
+    assert widget.pipeline_file.value == path
+
+    other = PipelineSpec(params={"diameter": 12.0}, auto_diameter=True, channel=1, feature_groups=("shape",))
+    save_pipeline(other, tmp_path / "q.yaml")
+    widget.load_pipeline(tmp_path / "q.yaml")
+    assert widget.form.values()["diameter"] == 12.0 and widget.auto_diameter.value
+    assert widget.channel.value == 1
+    assert [g for g, cb in widget.groups.items() if cb.value] == ["shape"]
+    shown, saved = widget.pipeline_spec(), load_pipeline(tmp_path / "q.yaml")
+    assert shown.segmenter_params() == saved.segmenter_params()
+    assert (shown.auto_diameter, shown.channel, shown.feature_groups) == (True, 1, ("shape",))
+
+
+def test_bad_settings_are_refused_before_a_thread_starts(make_napari_viewer, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    shown = []
+    monkeypatch.setattr("napari_phenotyper._napari.batch_widget.show_error", shown.append)
+    widget.run()
+    assert widget._worker is None and "Give the images" in shown[-1]
+    widget.inputs.value = str(tmp_path)
+    widget.run()
+    assert "Choose an output folder" in shown[-1]
+    for cb in widget.groups.values():
+        cb.value = False
+    widget.run()
+    assert "at least one feature group" in shown[-1]
+    (tmp_path / "bad.json").write_text("{}")
+    assert widget.load_pipeline(tmp_path / "bad.json") is None
+    assert "not a valid napari-phenotyper pipeline" in shown[-1]
+
+
+@pytest.mark.parametrize("frame", [pd.DataFrame({"image": ["a"], "n_cells": [3]})])
+def test_profile_table_view(qtbot, frame):
+    view = ProfileTable(frame, "t")
+    qtbot.addWidget(view)
+    assert view.view.model().rowCount() == 1 and view.info.text() == "t"
