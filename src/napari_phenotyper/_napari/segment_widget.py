@@ -297,5 +297,7 @@ class SegmentWidget(Container):
         self.progress.value = 0
 
     def _on_aborted(self) -> None:
+        if self._engine is not None:  # the worker stopped at a yield: stop the engine's job too
+            self._engine.cancel()
         self.status.value = "Cancelled; previous results were kept."
         self.progress.value = 0
