@@ -634,6 +634,19 @@ class PhenotypeWidget(QWidget):
         self._refresh_classes()
         self._schedule()
 
+    def annotate_many(self, layer: Labels, labels: list[int], cls: str | None) -> int:
+        """Give many cells one class at once (e.g. a lasso selection in the Plots dock);
+        ``None`` clears them. Saved once, retrained once. Returns how many changed."""
+        key = self.key_of(layer)
+        n = self.store.annotate_many(key, labels, cls)
+        for label in labels:
+            self._remove_from_queue(key, int(label))
+        self._set_status(f"{layer.name}: {n} cells {'cleared' if cls is None else f'→ {cls}'}.")
+        self._write_features(layer)
+        self._refresh_classes()
+        self._schedule()
+        return n
+
     def _paint_cell(self, layer: Labels, label: int, cls: str | None) -> None:
         """Repaint one cell of the view (annotated colour), without touching the rest."""
         view = find_view(self.viewer, layer)

@@ -130,7 +130,13 @@ class FeatureTableWidget(QWidget):
 
     # ---- layer binding --------------------------------------------------------------
     def _labels_choices(self, _w: Any = None) -> list[tuple[str, Labels]]:
-        layers = [lyr for lyr in self.viewer.layers if isinstance(lyr, Labels)]
+        # display-only layers (phenotype view, plot selection) have no table of their own
+        layers = [
+            lyr
+            for lyr in self.viewer.layers
+            if isinstance(lyr, Labels)
+            and source_of(lyr).get("role") not in ("phenotype_view", "plot_selection")
+        ]
         # ours first (by metadata), then any labels layer that carries a table
         layers.sort(key=lambda lyr: 0 if source_of(lyr) else 1)
         return [(lyr.name, lyr) for lyr in layers]

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,27 @@ class AnnotationStore:
         if self._cells.get(key) != class_name:
             self._cells[key] = class_name
             self._changed()
+
+    def annotate_many(self, image: str, labels: Iterable[int], class_name: str | None) -> int:
+        """Give many cells of ``image`` one class (``None`` clears them), saved once.
+
+        Returns the number of cells whose annotation changed.
+        """
+        if class_name is not None:
+            self._require(class_name)
+        changed = 0
+        for label in labels:
+            key = (str(image), int(label))
+            if key[1] <= 0:
+                raise ValueError("Background (label 0) cannot be annotated.")
+            if class_name is None:
+                changed += self._cells.pop(key, None) is not None
+            elif self._cells.get(key) != class_name:
+                self._cells[key] = class_name
+                changed += 1
+        if changed:
+            self._changed()
+        return changed
 
     def set_value(self, image: str, label: int, value: float | None) -> None:
         """Give cell ``label`` of ``image`` a continuous phenotype value (``None`` clears it).
