@@ -138,6 +138,23 @@ def _segment_params(segmenter_name: str, args: argparse.Namespace, image: np.nda
     return params
 
 
+def _apply_model_arg(args: argparse.Namespace) -> None:
+    """``--model NAME_OR_PATH`` becomes the segmenter's ``model`` parameter."""
+    model = getattr(args, "model", None)
+    if model is None:
+        return
+    from .core.segment import get_segmenter
+
+    fields = getattr(get_segmenter(args.segmenter).params_type, "__dataclass_fields__", {})
+    if "model" not in fields:
+        raise CLIError(f"The {args.segmenter} segmenter takes no model; leave out --model.")
+    if any(p.split("=", 1)[0].strip() == "model" for p in args.param):
+        raise CLIError("Give the model once: --model or --param model=..., not both.")
+    if Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().resolve())
+    args.param = [*args.param, f"model={model}"]
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -151,6 +168,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if not args.inputs and not args.sample:
         raise CLIError("Give image files/folders, or --sample NAME to run on a built-in sample.")
+    _apply_model_arg(args)
     _segment_params(args.segmenter, args)  # unknown segmenter or parameter: fail before any work
     jobs: list[tuple[str, Callable[[], np.ndarray], np.ndarray | None]] = []
     if args.sample:
@@ -244,8 +262,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for p, what in ((images, "--images"), (masks, "--masks")):
         if not p.is_dir():
             raise CLIError(f"{what} {p} is not a folder.")
+    _apply_model_arg(args)
     diameter = _diameter_arg(args.diameter)
     params = _segment_params(args.segmenter, argparse.Namespace(**{**vars(args), "diameter": None}))
+    if diameter == "auto" and "diameter" not in getattr(params, "__dataclass_fields__", {}):
+        diameter = None  # the default 'auto' means "where there is a diameter"
     kwargs: dict[str, Any] = {
         "segmenter_name": args.segmenter,
         "params": params,
@@ -403,6 +424,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 0 if c["processed"] + c["skipped"] > 0 else 1
 
 
+_MODEL_HELP = (
+    "model of a deep-learning segmenter: a built-in name (e.g. 2D_versatile_fluo), a model in the "
+    "models folder, or a model folder/file path (see docs/models.md)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     from . import __version__
@@ -454,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated feature groups: shape,intensity,texture,neighbors (default: all)",
     )
     seg.add_argument("--no-labels", action="store_true", help="do not write label TIFFs")
+    seg.add_argument("--model", default=None, help=_MODEL_HELP)
     add_segmenter_args(seg)
     seg.set_defaults(func=_cmd_segment)
 
@@ -462,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--images", required=True, help="folder of images")
     ev.add_argument("--masks", required=True, help="folder of label masks, matched to images by file stem")
+    ev.add_argument("--model", default=None, help=_MODEL_HELP)
     add_segmenter_args(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
