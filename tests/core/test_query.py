@@ -13,6 +13,7 @@ from napari_phenotyper.core.classify.query import (
     entropy,
     least_confidence,
     margin,
+    margin_density,
     random_scores,
     select,
 )
@@ -57,6 +58,36 @@ def test_density_weighted_exact():
     np.testing.assert_allclose(density_weighted(p, X, base="least_confidence", k=1), [0.05, 0.25, 1 / 6])
 
 
+def test_margin_density_exact():
+    X = np.array([[0.0], [1.0], [3.0]])  # k=1 densities 1/2, 1/2, 1/3
+    p = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]])  # margins 0.2, 1.0, 0.8
+    np.testing.assert_allclose(margin_density(p, X, k=1), [0.1, 0.5, 0.8 / 3], atol=1e-12)
+    np.testing.assert_allclose(margin_density(p, X, k=1, beta=2.0), [0.05, 0.25, 0.8 / 9], atol=1e-12)
+    np.testing.assert_allclose(margin_density(p, X, k=1, beta=0.0), margin(p), atol=1e-12)
+    # three classes: the margin ignores the third class, unlike the entropy base of "density"
+    p3 = np.array([[0.4, 0.4, 0.2], [0.5, 0.3, 0.2], [0.7, 0.3, 0.0]])  # margins 1.0, 0.8, 0.6
+    np.testing.assert_allclose(margin_density(p3, X, k=1), [0.5, 0.4, 0.2], atol=1e-12)
+    np.testing.assert_allclose(
+        margin_density(p3, X, k=1), density_weighted(p3, X, base="margin", k=1), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        STRATEGIES["margin_density"](p3, X, np.random.default_rng(0)),
+        density_weighted(p3, X, base="margin"),
+        atol=1e-12,
+    )
+
+
+def test_margin_density_ranks_an_ambiguous_outlier_last():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 0.1, (40, 2)), [[8.0, 8.0]]])
+    proba = np.tile([0.6, 0.4], (41, 1))
+    proba[-1] = [0.5, 0.5]  # the outlier is the most ambiguous cell: margin asks it first
+    cand = np.ones(41, dtype=bool)
+    assert select("margin", cand, proba=proba)[0] == 40
+    assert select("margin_density", cand, proba=proba, X=X)[0] != 40
+    assert np.argmin(margin_density(proba, X)) == 40
+
+
 def test_density_prefers_dense_over_outlier():
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(0, 0.1, (50, 2)), [[10.0, 10.0]]])
@@ -77,7 +108,7 @@ def test_strategies_uniform_signature():
     rng = np.random.default_rng(0)
     proba = rng.dirichlet(np.ones(3), 40)
     X = rng.standard_normal((40, 4))
-    assert set(STRATEGIES) == {"least_confidence", "margin", "entropy", "density", "random"}
+    assert set(STRATEGIES) == {"least_confidence", "margin", "entropy", "density", "margin_density", "random"}
     for name, f in STRATEGIES.items():
         s = f(proba, X, np.random.default_rng(1))
         assert s.shape == (40,), name
@@ -147,6 +178,10 @@ def test_select_diverse_skips_duplicates_of_a_repeated_row():
         (lambda: least_confidence(np.array([[0.5, 0.6]])), "sum to 1"),
         (lambda: density_weighted(np.full((3, 2), 0.5), np.zeros((4, 2))), "4 rows but there are 3 cells"),
         (lambda: density_weighted(np.full((3, 2), 0.5), None), "pass X"),
+        (
+            lambda: select("margin_density", np.ones(3, dtype=bool), proba=np.full((3, 2), 0.5)),
+            "'margin_density'",
+        ),
         (lambda: density_weighted(np.full((3, 2), 0.5), np.zeros((3, 2)), base="gini"), "unknown base"),
         (lambda: select(np.ones(3), np.zeros(3, dtype=bool)), "no candidate cells"),
         (lambda: select(np.ones(3), np.ones(4, dtype=bool)), "one entry per cell"),
