@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from cellgrid import grid_cells
 
 from napari_phenotyper._napari.layers import camera, upsert_labels
 from napari_phenotyper._napari.phenotype_view import find_view
@@ -18,24 +19,7 @@ ROWS, COLS, STEP = 6, 8, 30
 
 
 def _cells(seed: int = 0):
-    """48 cells on a grid: kind 'small' (radius 5-6, bright) and 'big' (radius 10-11, dim)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: ROWS * STEP, : COLS * STEP]
-    labels = np.zeros(yy.shape, np.int32)
-    image = np.zeros(yy.shape, np.float32)
-    kinds = {}
-    lab = 0
-    for r in range(ROWS):
-        for c in range(COLS):
-            lab += 1
-            big = (r + c) % 2 == 0
-            rad = (10 if big else 5) + rng.integers(0, 2)
-            cy, cx = r * STEP + STEP // 2, c * STEP + STEP // 2
-            disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= rad * rad
-            labels[disk] = lab
-            image[disk] = (60 if big else 200) + rng.normal(0, 5, disk.sum())
-            kinds[lab] = "big" if big else "small"
-    return image, labels, kinds
+    return grid_cells(ROWS, COLS, STEP, seed)
 
 
 def _center(labels, lab):

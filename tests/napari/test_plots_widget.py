@@ -13,6 +13,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from cellgrid import grid_cells
 from matplotlib.backend_bases import MouseButton, MouseEvent
 from matplotlib.colors import to_hex
 
@@ -29,24 +30,7 @@ ROWS, COLS, STEP = 4, 6, 30
 
 
 def _cells(seed: int = 0):
-    """24 cells on a grid: 'small' (radius 5-6, bright) and 'big' (radius 10-11, dim)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: ROWS * STEP, : COLS * STEP]
-    labels = np.zeros(yy.shape, np.int32)
-    image = np.zeros(yy.shape, np.float32)
-    kinds = {}
-    lab = 0
-    for r in range(ROWS):
-        for c in range(COLS):
-            lab += 1
-            big = (r + c) % 2 == 0
-            rad = (10 if big else 5) + rng.integers(0, 2)
-            cy, cx = r * STEP + STEP // 2, c * STEP + STEP // 2
-            disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= rad * rad
-            labels[disk] = lab
-            image[disk] = (60 if big else 200) + rng.normal(0, 5, disk.sum())
-            kinds[lab] = "big" if big else "small"
-    return image, labels, kinds
+    return grid_cells(ROWS, COLS, STEP, seed)
 
 
 @pytest.fixture
