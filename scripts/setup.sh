@@ -10,8 +10,9 @@ extras="samples"
 extra_pkgs=()
 if [[ "${1:-}" == "--test" ]]; then
   extras="testing,samples"
-  # StarDist's tests need TensorFlow: the CPU-only build in CI (version in constraints/ci.txt).
-  extra_pkgs=(tensorflow-cpu)
+  # The deep-learning backends' tests: TensorFlow (CPU build) for StarDist, cellpose 3 with the
+  # CPU build of torch (versions in constraints/ci.txt).
+  extra_pkgs=(tensorflow-cpu cellpose torch)
   # Debian packages for napari under a virtual X server (Xvfb) and Qt's xcb platform.
   apt_pkgs=(xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0
             libxcb-randr0 libxcb-shape0 libxcb-xfixes0 libxcb-cursor0 libxkbcommon-x11-0 libgl1 libegl1
@@ -38,5 +39,6 @@ if [[ ! -x .venv/bin/uv ]]; then
 fi
 find_links=()
 [[ -d /opt/wheels ]] && find_links=(--find-links /opt/wheels)  # local CPU torch wheel, where there is one
-.venv/bin/uv pip install -q --python .venv/bin/python "${find_links[@]}" -c constraints/ci.txt -e ".[${extras}]" "${extra_pkgs[@]}"
+.venv/bin/uv pip install -q --python .venv/bin/python "${find_links[@]}" -c constraints/ci.txt \
+  --overrides constraints/overrides.txt -e ".[${extras}]" "${extra_pkgs[@]}"
 echo "napari-phenotyper $(.venv/bin/python -c 'import napari_phenotyper as p; print(p.__version__)') is set up in .venv"
