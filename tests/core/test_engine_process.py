@@ -21,7 +21,7 @@ from napari_phenotyper.core.engine import (
     _selftest,
     func_path_of,
 )
-from napari_phenotyper.core.engine._wire import OUT_OF_BAND_BYTES
+from napari_phenotyper.core.engine._wire import OUT_OF_BAND_BYTES, RefusedObject, parent_may_load, recv, send
 from napari_phenotyper.core.progress import Progress, run
 
 P = "napari_phenotyper.core.engine._selftest:"
@@ -405,3 +405,38 @@ def test_interpreter_exit_stops_engines_without_hanging(tmp_path):
     while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(_gone(pid) for pid in pids)
+
+
+def test_parent_rebuilds_only_known_kinds_of_objects():
+    assert parent_may_load("numpy._core.multiarray", "_reconstruct")
+    assert parent_may_load("pandas.core.frame", "DataFrame")
+    assert parent_may_load("napari_phenotyper.core.progress", "Progress")
+    assert parent_may_load("builtins", "set")
+    for module, name in [
+        ("builtins", "getattr"),
+        ("builtins", "eval"),
+        ("os", "system"),
+        ("tensorflow.python.framework.ops", "EagerTensor"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("napari_phenotyper._napari.layers", "upsert_labels"),
+    ]:
+        assert not parent_may_load(module, name), (module, name)
+
+
+def test_a_refused_message_leaves_the_connection_usable():
+    import decimal
+    import multiprocessing
+
+    a, b = multiprocessing.Pipe()
+    send(a, {"value": decimal.Decimal(2), "big": np.ones(OUT_OF_BAND_BYTES, np.uint8)})
+    send(a, ("next", np.arange(3)))
+    with pytest.raises(RefusedObject, match=r"decimal\.Decimal"):
+        recv(b, allowed=parent_may_load)
+    kind, arr = recv(b, allowed=parent_may_load)
+    assert kind == "next" and arr.tolist() == [0, 1, 2]
+
+
+def test_a_foreign_result_is_refused_and_the_engine_goes_on(engine):
+    with pytest.raises(TypeError, match="does not load"):
+        run(engine.run(P + "foreign", 3))
+    assert run(engine.run(P + "count", 2)) == 2

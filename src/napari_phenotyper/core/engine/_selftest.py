@@ -21,7 +21,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .process import EngineProcess
 
-__all__ = ["cached_token", "check", "count", "crash", "echo_array", "fail", "info", "modules", "stall"]
+__all__ = [
+    "cached_token",
+    "check",
+    "count",
+    "crash",
+    "echo_array",
+    "fail",
+    "foreign",
+    "info",
+    "modules",
+    "stall",
+]
 
 _PATH = f"{__name__}:"
 
@@ -63,6 +74,15 @@ def fail(kind: str = "value", message: str = "it failed") -> Generator[Progress,
 
 class SelfTestError(Exception):
     """An exception type that only exists in this package (for :func:`fail`)."""
+
+
+def foreign(n: int = 1) -> Generator[Progress, None, Any]:
+    """Return an object of a module the GUI process must not rebuild (``decimal``): the
+    parent refuses it (see :func:`~napari_phenotyper.core.engine._wire.parent_may_load`)."""
+    import decimal
+
+    yield Progress(0, 1, "Making a foreign object")
+    return decimal.Decimal(n)
 
 
 def stall(seconds: float) -> Generator[Progress, None, float]:

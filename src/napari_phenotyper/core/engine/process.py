@@ -482,7 +482,14 @@ class EngineProcess:
             return
         if conn in ready:
             try:
-                msg = _wire.recv(conn)
+                msg = _wire.recv(conn, allowed=_wire.parent_may_load)
+            except _wire.RefusedObject as exc:  # read whole: the stream is intact
+                job = self._job
+                if job is not None:
+                    self._cancel_job(job)  # the child may still be running it
+                    job._outcome = ("error", job.id, "TypeError", "TypeError", str(exc), "")
+                    self._job = None
+                return
             except (EOFError, OSError):
                 self._crashed_locked()
                 if startup_error:
