@@ -21,6 +21,7 @@ __all__ = [
     "ClassifierSettings",
     "TrainedClassifier",
     "check_columns",
+    "check_feature_groups",
     "cross_validate",
     "feature_columns_for",
     "feature_matrix",
@@ -85,12 +86,17 @@ class ClassifierSettings:
             raise ValueError(f"A forest needs at least one tree, not {self.trees}.")
         if self.kind not in CLASSIFIERS:
             raise ValueError(f"Unknown classifier {self.kind!r}; choose one of {', '.join(CLASSIFIERS)}.")
-        if self.feature_groups is not None:
-            bad = [g for g in self.feature_groups if g not in FEATURE_GROUP_NAMES]
-            if bad or not self.feature_groups:
-                raise ValueError(
-                    f"feature_groups must be a non-empty subset of {', '.join(FEATURE_GROUP_NAMES)}; got {self.feature_groups}."
-                )
+        check_feature_groups(self.feature_groups)
+
+
+def check_feature_groups(groups: Sequence[str] | None) -> None:
+    """Refuse feature groups that are empty or not among :data:`FEATURE_GROUP_NAMES`."""
+    if groups is not None:
+        bad = [g for g in groups if g not in FEATURE_GROUP_NAMES]
+        if bad or not groups:
+            raise ValueError(
+                f"feature_groups must be a non-empty subset of {', '.join(FEATURE_GROUP_NAMES)}; got {groups}."
+            )
 
 
 def _group_of(column: str) -> str:

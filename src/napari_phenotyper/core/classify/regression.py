@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .model import FEATURE_GROUP_NAMES, _xy, check_columns, feature_columns_for
+from .model import _xy, check_columns, check_feature_groups, feature_columns_for
 
 __all__ = [
     "COMMITTEE_SIZE",
@@ -85,12 +85,7 @@ class RegressorSettings:
     def __post_init__(self) -> None:
         if self.kind not in REGRESSORS:
             raise ValueError(f"Unknown regressor {self.kind!r}; choose one of {', '.join(REGRESSORS)}.")
-        if self.feature_groups is not None:
-            bad = [g for g in self.feature_groups if g not in FEATURE_GROUP_NAMES]
-            if bad or not self.feature_groups:
-                raise ValueError(
-                    f"feature_groups must be a non-empty subset of {', '.join(FEATURE_GROUP_NAMES)}; got {self.feature_groups}."
-                )
+        check_feature_groups(self.feature_groups)
 
 
 @dataclass
