@@ -6,6 +6,8 @@ napari-phenotyper evaluate --images DIR --masks DIR  accuracy against instance m
 napari-phenotyper pipeline OUT.json [options]        save a pipeline file for batch runs
 napari-phenotyper batch PIPELINE INPUT... --out DIR  run a pipeline over many images (resumable;
                                                      plate layouts, profiles, Dask workers)
+napari-phenotyper finetune --backend B --base MODEL --images DIR --masks DIR
+                                                     fine-tune a Cellpose/StarDist model on masks
 """
 
 from __future__ import annotations
@@ -287,6 +289,70 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .core.finetune import FinetuneRequest, iter_finetune, load_training_folder
+    from .core.progress import TrainProgress, run
+    from .core.segment import get_segmenter
+
+    try:
+        get_segmenter(args.backend)  # says what to install when the backend is missing
+        train = load_training_folder(args.images, args.masks)
+        val = None
+        if args.val_images or args.val_masks:
+            if not (args.val_images and args.val_masks):
+                raise CLIError("Give both --val-images and --val-masks, or neither.")
+            val = load_training_folder(args.val_images, args.val_masks, what="validation")
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    base = args.base
+    if base is not None and base.lower() == "none":
+        base = None
+    request = FinetuneRequest(
+        backend=args.backend,
+        base_model=base,
+        images=train.images,
+        masks=train.masks,
+        image_names=train.names,
+        val_images=() if val is None else val.images,
+        val_masks=() if val is None else val.masks,
+        name=args.name or "",
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        steps_per_epoch=args.steps_per_epoch,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        out_dir=args.out,
+        device=args.device,
+    )
+    print(
+        f"Fine-tuning {base or 'a new model'} ({args.backend}) on {len(train)} image(s), "
+        f"{train.n_objects} objects" + (f"; validation: {len(val)} image(s)" if val else ""),
+        flush=True,
+    )
+
+    def show(p: Any) -> None:
+        if isinstance(p, TrainProgress) and not args.quiet:
+            figures = ", ".join(
+                f"{k} {v:.4f}" for k, v in p.metrics.items() if k in ("loss", "val_loss", "val_ap50")
+            )
+            pace = f" ({p.seconds_per_step:.2f} s/step)" if p.seconds_per_step else ""
+            print(f"epoch {p.epoch}/{p.epochs}: {figures}{pace}", flush=True)
+
+    try:
+        result = run(iter_finetune(request), show)
+    except (FileNotFoundError, ValueError, MemoryError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"Saved {result.name} in {result.path} ({result.seconds:.0f} s)")
+    line = f"RESULT backend={result.backend} name={result.name} train_s={result.seconds:.1f}"
+    if result.val_ap50_before is not None:
+        line += f" val_ap50_before={result.val_ap50_before:.4f}"
+    if result.val_ap50_best is not None:
+        line += f" val_ap50_best={result.val_ap50_best:.4f}"
+    print(line)
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -551,6 +617,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ba.add_argument("--quiet", action="store_true", help="no progress bar")
     ba.set_defaults(func=_cmd_batch)
+
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune a Cellpose or StarDist model on images with corrected masks",
+        description="Train a new version of a model on image/mask pairs (paired by file name), with the "
+        "same code as the Fine-tune dock. The model is saved in the models folder under a new name "
+        "(NAME, NAME-v2, ...) and is then usable as --model NAME. See docs/fine-tuning.md.",
+    )
+    ft.add_argument("--backend", choices=("stardist", "cellpose"), required=True)
+    ft.add_argument(
+        "--base", required=True, help="model to start from (name or path; 'none' trains from scratch)"
+    )
+    ft.add_argument("--images", required=True, help="folder of training images")
+    ft.add_argument("--masks", required=True, help="folder of their label masks (matched by file name)")
+    ft.add_argument("--val-images", default=None, help="folder of validation images (scored every epoch)")
+    ft.add_argument("--val-masks", default=None, help="folder of validation masks")
+    ft.add_argument("--name", default=None, help="name of the new model (default <base>-ft)")
+    ft.add_argument("--epochs", type=int, default=None, help="default: StarDist 20, Cellpose 100")
+    ft.add_argument(
+        "--learning-rate", type=float, default=None, help="default: the backend's fine-tuning rate"
+    )
+    ft.add_argument(
+        "--steps-per-epoch", type=int, default=None, help="StarDist: batches per epoch (default 25)"
+    )
+    ft.add_argument("--patch-size", type=int, default=None, help="training patch side, a multiple of 16")
+    ft.add_argument("--batch-size", type=int, default=None, help="patches per step")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--device", default="auto", help="Cellpose: auto, cpu, cuda or mps")
+    ft.add_argument("--out", default=None, help="models folder of the backend (default: the models folder)")
+    ft.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    ft.set_defaults(func=_cmd_finetune)
     return parser
 
 

@@ -737,3 +737,40 @@ def test_cellpose4_runs_in_float32_on_cpu_and_segments_stacks(cellpose4_tiny, mo
     )
     assert labels.shape == (96, 120)
     assert CellposeSegmenter().estimate_diameter(stack[0]) > 0
+
+
+@needs_v4
+@pytest.mark.timeout(900)
+def test_cellpose4_finetune_scores_each_epoch(cellpose4_tiny, shared_data, tmp_path):
+    """The Fine-tune dock's job on cellpose 4: Cellpose-SAM (a one-block stand-in) in float32 on CPU,
+    validation AP@0.5 per epoch, a new model version that segments by name."""
+    import tifffile
+
+    from napari_phenotyper.core.finetune import FinetuneRequest, iter_finetune
+    from napari_phenotyper.core.progress import TrainProgress
+
+    ours = tmp_path / "models" / "cellpose"
+    ours.mkdir(parents=True)
+    shutil.copy(cellpose4_tiny, ours / "tiny")
+    img = tifffile.imread(shared_data / "stardist_sample" / "img2d.tif")
+    mask = tifffile.imread(shared_data / "stardist_sample" / "mask2d.tif")
+    req = FinetuneRequest(
+        backend="cellpose",
+        base_model="tiny",
+        images=(img[:256, :256],),
+        masks=(mask[:256, :256],),
+        val_images=(img[256:, 256:],),
+        val_masks=(mask[256:, 256:],),
+        epochs=2,
+        batch_size=1,
+        device="cpu",
+    )
+    records: list[Progress] = []
+    result = run(iter_finetune(req), records.append)
+    epochs = [r for r in records if isinstance(r, TrainProgress)]
+    assert [r.epoch for r in epochs] == [0, 1, 2]
+    assert all(0.0 <= r.metrics["val_ap50"] <= 1.0 for r in epochs)
+    assert result.name == "tiny-ft" and (ours / "tiny-ft" / "weights.pth").is_file()
+    assert result.metadata["finetune"]["settings"]["patch_size"] == 256
+    labels = run(CellposeSegmenter().segment(img[:96, :96], CellposeParams(model="tiny-ft", device="cpu")))
+    assert labels.shape == (96, 96)

@@ -9,13 +9,13 @@ result. The same generator runs synchronously (tests, command line) through
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Progress", "ProgressGen", "run", "sub_progress"]
+__all__ = ["Progress", "ProgressGen", "TrainProgress", "run", "sub_progress"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,28 @@ class Progress:
     def fraction(self) -> float:
         """Completed fraction in [0, 1] (0 when the total is unknown)."""
         return self.step / self.total if self.total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class TrainProgress(Progress):
+    """A progress record of a training run that closes an epoch: carries its figures.
+
+    Parameters
+    ----------
+    epoch : int
+        Epochs finished (1 after the first).
+    epochs : int
+        Epochs planned.
+    metrics : mapping of str to float
+        This epoch's figures, e.g. ``loss``, ``val_loss``, ``val_ap50`` (only those known).
+    seconds_per_step : float or None
+        Mean wall time of one training step (batch) in this epoch.
+    """
+
+    epoch: int = 0
+    epochs: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    seconds_per_step: float | None = None
 
 
 ProgressGen = Generator[Progress, None, T]

@@ -202,12 +202,14 @@ def cellpose_models_dir() -> Path:
 
 
 def models_dir() -> Path:
-    """napari-phenotyper's model folder: ``$NAPARI_PHENOTYPER_MODELS`` or ``~/.napari-phenotyper/models``.
+    """napari-phenotyper's model folder (see :func:`.models.models_dir`: the environment
+    variable, the setting, or ``~/.napari-phenotyper/models``).
 
     Cellpose models are in its ``cellpose`` sub-folder.
     """
-    env = os.environ.get(ENV_MODELS_DIR)
-    return Path(env).expanduser() if env else Path.home() / ".napari-phenotyper" / "models"
+    from .models import models_dir as _models_dir
+
+    return _models_dir()
 
 
 def _our_dir() -> Path:

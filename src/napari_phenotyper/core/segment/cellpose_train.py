@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import Progress
+from ..progress import Progress, TrainProgress
 from .cellpose_models import (
     BACKEND,
     METADATA_FILE,
@@ -153,6 +153,9 @@ def iter_train_cellpose(
     min_train_masks: int = 1,
     device: str = "auto",
     overwrite: bool = False,
+    score_validation: bool = False,
+    val_every: int = 1,
+    keep_on_cancel: bool = False,
 ) -> Generator[Progress, None, CellposeModelInfo]:
     """Train (or fine-tune) a Cellpose model with cellpose's ``train_seg`` and save it.
 
@@ -198,12 +201,23 @@ def iter_train_cellpose(
         Where to train (see :func:`~.cellpose.pick_device`).
     overwrite : bool
         Replace an existing model folder of that name.
+    score_validation : bool
+        Segment ``test_images`` every ``val_every`` epochs (and after the last) and record
+        their mean AP@0.5 (``val_ap50``). The saved model then holds the weights of the
+        scored epoch with the best ``val_ap50`` instead of the last epoch's.
+    val_every : int
+        Epochs between two validation scorings.
+    keep_on_cancel : bool
+        When the run is cancelled (the generator closed) after at least one epoch, save
+        the best weights so far (the current ones without scoring) as the model, its
+        ``model.json`` saying ``"cancelled": true``. Otherwise nothing is left behind.
 
     Yields
     ------
     Progress
-        Once per epoch (``step`` = finished epochs of ``epochs``), and a heartbeat while
-        cellpose prepares the data.
+        Once per epoch (``step`` = finished epochs of ``epochs``; a :class:`TrainProgress`
+        with the epoch's mean training loss, and ``val_ap50`` when scored), and a
+        heartbeat while cellpose prepares the data.
 
     Returns
     -------
@@ -238,6 +252,8 @@ def iter_train_cellpose(
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
     if not math.isfinite(diam_mean) or diam_mean <= 0:
         raise ValueError(f"diam_mean must be a positive number, got {diam_mean!r}.")
+    if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
+        raise ValueError(f"val_every must be a whole number >= 1, got {val_every!r}.")
     imgs, labs = _check_pairs(images, masks, "training data")
     if not imgs:
         raise ValueError("No training images were given.")
@@ -247,6 +263,8 @@ def iter_train_cellpose(
         test_imgs, test_labs = _check_pairs(test_images or [], test_masks or [], "test data")
         if not test_imgs:
             test_imgs = test_labs = None
+    if score_validation and test_imgs is None:
+        raise ValueError("score_validation needs validation images (test_images and test_masks).")
     if base_model is None and major >= 4:
         raise ValueError(
             f"cellpose {'.'.join(map(str, version))} cannot train from scratch; give base_model (e.g. 'cpsam')."
@@ -324,14 +342,55 @@ def iter_train_cellpose(
     result: dict[str, Any] = {}
     epoch_counter = [0]
     original_train = net.train
+    batch_losses: list[float] = []
+    best: dict[str, Any] = {"ap": -1.0, "state": None, "epoch": 0}
+    val_ap: dict[int, float] = {}
+    original_loss = train._loss_fn_seg
+    eval_diameter = _mean_diameter(labs) if major < 4 else None
+
+    def loss_fn(lbl: Any, y: Any, dev_: Any) -> Any:
+        loss = original_loss(lbl, y, dev_)
+        if net.training:
+            batch_losses.append(float(loss.item()))
+        return loss
+
+    def close_epoch(k: int) -> None:
+        """Epoch ``k`` (0-based) has finished: score it if due and report it."""
+        figures: dict[str, float] = {}
+        if batch_losses:
+            figures["loss"] = float(np.mean(batch_losses))
+            batch_losses.clear()
+        last_epoch = k == epochs - 1
+        if score_validation and ((k + 1) % val_every == 0 or last_epoch):
+            assert test_imgs is not None and test_labs is not None
+            ap = _validation_ap50(model, major, test_imgs, test_labs, eval_diameter)
+            figures["val_ap50"] = ap
+            val_ap[k] = ap
+            if ap >= best["ap"]:  # on a tie the later (longer trained) epoch wins
+                best.update(
+                    ap=ap,
+                    epoch=k + 1,
+                    state={n: t.detach().to("cpu", copy=True) for n, t in net.state_dict().items()},
+                )
+        events.put(("epoch_end", (k, figures)))
 
     def on_train(mode: bool = True) -> Any:
-        if mode:
+        if mode and not scoring[0]:
             if cancel.is_set():
                 raise TrainingCancelled("training was cancelled")
+            if epoch_counter[0] > 0:
+                scoring[0] = True
+                try:
+                    close_epoch(epoch_counter[0] - 1)
+                finally:
+                    scoring[0] = False
+                if cancel.is_set():
+                    raise TrainingCancelled("training was cancelled")
             events.put(("epoch", epoch_counter[0]))
             epoch_counter[0] += 1
         return original_train(mode)
+
+    scoring = [False]
 
     def before_batch(_module: Any, _inputs: Any) -> None:
         if cancel.is_set():
@@ -340,6 +399,8 @@ def iter_train_cellpose(
     def work_fn() -> None:
         try:
             result["out"] = train.train_seg(net, **kwargs)
+            scoring[0] = True
+            close_epoch(epoch_counter[0] - 1)
         except BaseException as exc:
             result["error"] = exc
         finally:
@@ -352,11 +413,15 @@ def iter_train_cellpose(
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     net.train = on_train
+    train._loss_fn_seg = loss_fn
     hook = net.register_forward_pre_hook(before_batch)
     t0 = time.perf_counter()
     thread = threading.Thread(target=work_fn, name=f"cellpose-train-{name}", daemon=True)
     last = Progress(0, epochs, "Preparing training data (computing flows)")
     losses: dict[int, tuple[float, float]] = {}
+    history: dict[str, list[float]] = {}
+    epoch_t0 = time.perf_counter()
+    steps_per_epoch = max(1, math.ceil((images_per_epoch or len(imgs)) / int(used.get("batch_size") or 1)))
     try:
         thread.start()
         yield last
@@ -365,7 +430,7 @@ def iter_train_cellpose(
             try:
                 kind_ev, value = events.get(timeout=_HEARTBEAT_S)
             except queue.Empty:
-                yield last
+                yield Progress(last.step, last.total, last.message)  # heartbeat
                 continue
             if kind_ev == "done":
                 finished = True
@@ -379,6 +444,29 @@ def iter_train_cellpose(
                     )
                 last = Progress(k, epochs, msg)
                 yield last
+            elif kind_ev == "epoch_end":
+                k, figures = value
+                for key, v in figures.items():
+                    history.setdefault(key, []).append(v)
+                history.setdefault("epoch", []).append(float(k + 1))
+                now = time.perf_counter()
+                per_step = (now - epoch_t0) / steps_per_epoch
+                epoch_t0 = now
+                msg = f"Finished epoch {k + 1}/{epochs}"
+                if "loss" in figures:
+                    msg += f": loss {figures['loss']:.3f}"
+                if "val_ap50" in figures:
+                    msg += f", validation AP@0.5 {figures['val_ap50']:.3f}"
+                last = TrainProgress(
+                    k + 1,
+                    epochs,
+                    msg + f" ({per_step:.2f} s/step)",
+                    epoch=k + 1,
+                    epochs=epochs,
+                    metrics=figures,
+                    seconds_per_step=per_step,
+                )
+                yield last
             elif kind_ev == "loss":
                 e, tr, te = value
                 losses[int(e)] = (float(tr), float(te))
@@ -386,11 +474,26 @@ def iter_train_cellpose(
         cancel.set()
         thread.join()
         hook.remove()
+        train._loss_fn_seg = original_loss
         with contextlib.suppress(AttributeError):
             del net.train
         logger.removeHandler(relay)
         logger.setLevel(old_level)
         if "out" not in result:
+            stopped = "error" not in result or isinstance(result["error"], TrainingCancelled)
+            if keep_on_cancel and stopped and epoch_counter[0] > 1 and not final.exists():
+                with contextlib.suppress(Exception):
+                    _save_cancelled(
+                        work,
+                        final,
+                        net,
+                        best["state"],
+                        name=name,
+                        version=version,
+                        base=base,
+                        history=history,
+                        epochs=epochs,
+                    )
             shutil.rmtree(work, ignore_errors=True)
     if "error" in result:
         shutil.rmtree(work, ignore_errors=True)
@@ -399,7 +502,14 @@ def iter_train_cellpose(
     filename, train_losses, test_losses = result["out"]
     try:
         weights = work / WEIGHTS_FILE
-        os.replace(Path(filename), weights)
+        if best["state"] is not None and best["epoch"] != epochs:
+            import torch
+
+            net.load_state_dict(best["state"])
+            torch.save(net.state_dict(), weights)
+            Path(filename).unlink(missing_ok=True)
+        else:
+            os.replace(Path(filename), weights)
         shutil.rmtree(work / "models", ignore_errors=True)
         meta = _metadata(
             name=name,
@@ -423,6 +533,13 @@ def iter_train_cellpose(
             train_losses=np.asarray(train_losses, dtype=float),
             test_losses=np.asarray(test_losses, dtype=float),
         )
+        if val_ap:
+            meta["training"]["history"]["val_ap50"] = {str(k + 1): v for k, v in sorted(val_ap.items())}
+            meta["validation"] = {
+                "final_ap50": val_ap[max(val_ap)],
+                "best_ap50": best["ap"],
+                "best_epoch": best["epoch"],
+            }
         (work / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -434,6 +551,68 @@ def iter_train_cellpose(
     if out_dir is None:
         return resolve_cellpose_model(name)
     return resolve_cellpose_model(final)
+
+
+def _mean_diameter(labs: Sequence[np.ndarray]) -> float | None:
+    """Mean equivalent-circle diameter of the objects of label images (cellpose's measure)."""
+    from cellpose import utils
+
+    diams = [float(utils.diameters(lab)[0]) for lab in labs if lab.max() > 0]
+    diams = [d for d in diams if math.isfinite(d) and d > 0]
+    return float(np.mean(diams)) if diams else None
+
+
+def _validation_ap50(
+    model: Any, major: int, imgs: Sequence[np.ndarray], labs: Sequence[np.ndarray], diameter: float | None
+) -> float:
+    """Mean AP@0.5 of the network being trained on validation images."""
+    from ..evaluate import match_stats
+
+    scores = []
+    for img, lab in zip(imgs, labs, strict=True):
+        kwargs: dict[str, Any] = {"diameter": diameter, "normalize": True}
+        if major < 4:
+            kwargs["channels"] = [0, 0]
+        pred = np.asarray(model.eval(np.asarray(img, dtype=np.float32), **kwargs)[0])
+        scores.append(match_stats(lab, pred.reshape(lab.shape), 0.5)[0.5].ap)
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def _save_cancelled(
+    work: Path,
+    final: Path,
+    net: Any,
+    state: dict[str, Any] | None,
+    *,
+    name: str,
+    version: tuple[int, ...],
+    base: CellposeModelInfo | None,
+    history: dict[str, list[float]],
+    epochs: int,
+) -> None:
+    """Keep a cancelled run's best (or current) weights as a model folder."""
+    import torch
+
+    weights = work / WEIGHTS_FILE
+    torch.save(state if state is not None else net.state_dict(), weights)
+    meta = {
+        "format": METADATA_FORMAT,
+        "format_version": 1,
+        "backend": BACKEND,
+        "name": name,
+        "kind": "finetuned",
+        "weights": weights.name,
+        "weights_sha256": _file_sha256(weights),
+        "base_model": None if base is None else base.name,
+        "cellpose_version": ".".join(map(str, version)),
+        "diam_mean": float(net.diam_mean.item()),
+        "diam_labels": float(net.diam_labels.item()),
+        "cancelled": True,
+        "training": {"epochs": epochs, "epochs_run": len(history.get("epoch", [])), "history": history},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (work / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(work, final)
 
 
 def _json_float(x: float) -> float | None:

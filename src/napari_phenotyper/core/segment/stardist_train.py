@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import Progress
+from ..progress import Progress, TrainProgress
 from .models import METADATA_FILE, resolve_model, write_metadata
 from .stardist import _quiet, normalize_percentiles
 
@@ -122,6 +122,62 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+#: Weights of the epoch with the best validation AP@0.5 (``score_validation``), while training.
+_BEST_AP_WEIGHTS = "weights_bestap.h5"
+
+
+def _validation_ap50(model: Any, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> float:
+    """Mean AP@0.5 of ``model`` on normalised validation images (default thresholds)."""
+    from ..evaluate import match_stats
+
+    scores = []  # runs inside the training thread's _quiet() (not nested: leaving it would unmute)
+    for x, y in zip(xs, ys, strict=True):
+        pred, _ = model.predict_instances(x, show_tile_progress=False, verbose=False)
+        scores.append(match_stats(y, pred, 0.5)[0.5].ap)
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def _save_cancelled(
+    partial: Path,
+    final: Path,
+    model: Any,
+    history: Mapping[str, list[float]],
+    name: str,
+    base_name: str | None,
+    epochs: int,
+) -> None:
+    """Keep a cancelled run's best weights so far as a model folder (no threshold optimisation)."""
+    best_ap, best_loss = partial / _BEST_AP_WEIGHTS, partial / "weights_best.h5"
+    if best_ap.exists():
+        os.replace(best_ap, best_loss)
+    elif not best_loss.exists():
+        model.keras_model.save_weights(str(best_loss))
+    with contextlib.suppress(FileNotFoundError):
+        (partial / "weights_now.h5").unlink()
+    thresholds = {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}
+    (partial / "thresholds.json").write_text(json.dumps(thresholds), encoding="utf-8")
+    write_metadata(
+        partial,
+        {
+            "backend": "stardist",
+            "name": name,
+            "kind": "finetuned",
+            "model_class": "StarDist2D",
+            "base_model": base_name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "cancelled": True,
+            "training": {
+                "epochs": epochs,
+                "epochs_run": len(next(iter(history.values()), [])),
+                "history": {k: list(v) for k, v in history.items()},
+            },
+            "thresholds": thresholds,
+        },
+    )
+    os.replace(partial, final)
 
 
 def _check_data(
@@ -216,6 +272,8 @@ def iter_train_stardist(
     optimize_thresholds: bool = True,
     nms_threshs: Sequence[float] = (0.3, 0.4, 0.5),
     overwrite: bool = False,
+    score_validation: bool = False,
+    keep_on_cancel: bool = False,
 ) -> Generator[Progress, None, TrainResult]:
     """Train (or fine-tune) a StarDist 2-D model and save it with its metadata.
 
@@ -262,12 +320,22 @@ def iter_train_stardist(
         threshold; fewer is faster).
     overwrite : bool
         Replace an existing model folder of the same name.
+    score_validation : bool
+        Segment the validation images after every epoch and record their mean AP@0.5
+        (``val_ap50`` in the history and the epoch's :class:`TrainProgress`). The saved
+        model then holds the weights of the epoch with the best ``val_ap50`` (otherwise
+        those with the lowest validation loss, as StarDist keeps them).
+    keep_on_cancel : bool
+        When the run is cancelled (the generator closed) after at least one epoch, save
+        the best weights so far as the model (``model.json`` says ``"cancelled": true``;
+        thresholds are not optimised). Otherwise a cancelled run leaves nothing behind.
 
     Yields
     ------
     Progress
-        At least once a second while training (step = batches done), then for the
-        threshold optimisation and the saving.
+        At least once a second while training (step = batches done); a
+        :class:`TrainProgress` with the epoch's figures at the end of every epoch; then
+        for the threshold optimisation and the saving.
 
     Returns
     -------
@@ -389,6 +457,11 @@ def iter_train_stardist(
         model = sdm.StarDist2D(conf, name=partial.name, basedir=str(target_root))
         if base_weights is not None:
             model.keras_model.load_weights(str(base_weights))
+            base_thresholds = base_weights.parent / "thresholds.json"
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                t = json.loads(base_thresholds.read_text(encoding="utf-8"))
+                # validation scores during training (and a cancelled run) use the base's thresholds
+                model.thresholds = {"prob": float(t["prob"]), "nms": float(t["nms"])}
         model.prepare_for_training()
 
     total = int(epochs) * int(steps_per_epoch)
@@ -415,9 +488,17 @@ def iter_train_stardist(
                 raise _Cancelled
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            updates.put(("epoch", (epoch, {k: float(v) for k, v in (logs or {}).items()})))
+            figures = {k: float(v) for k, v in (logs or {}).items()}
+            if score_validation:
+                ap = _validation_ap50(model, val_x, val_y)
+                figures["val_ap50"] = ap
+                if ap >= best_ap[0]:  # on a tie the later (longer trained) epoch wins
+                    best_ap[0] = ap
+                    model.keras_model.save_weights(str(partial / _BEST_AP_WEIGHTS))
+            updates.put(("epoch", (epoch, figures)))
 
     model.callbacks.append(_Relay())
+    best_ap = [-1.0]
 
     def work() -> None:
         try:
@@ -434,6 +515,10 @@ def iter_train_stardist(
                 if stop.is_set():
                     updates.put(("stopped", None))
                     return
+                if (partial / _BEST_AP_WEIGHTS).exists():  # the epoch with the best val AP wins
+                    model.keras_model.load_weights(str(partial / _BEST_AP_WEIGHTS))
+                    model.keras_model.save_weights(str(partial / "weights_best.h5"))
+                    (partial / _BEST_AP_WEIGHTS).unlink()
                 updates.put(("thresholds", None))
                 if optimize_thresholds:
                     model.optimize_thresholds(
@@ -454,12 +539,13 @@ def iter_train_stardist(
     yield last
     thread.start()
     finished = False
+    epoch_t0 = time.perf_counter()
     try:
         while True:
             try:
                 kind, value = updates.get(timeout=1.0)
             except queue.Empty:
-                yield last  # a chance to cancel even during a slow batch
+                yield Progress(last.step, last.total, last.message)  # heartbeat: a chance to cancel
                 continue
             if kind == "batch":
                 epoch = min(int(epochs), (value - 1) // int(steps_per_epoch) + 1)
@@ -469,9 +555,21 @@ def iter_train_stardist(
                 epoch, logs = value
                 for k, v in logs.items():
                     history.setdefault(k, []).append(v)
+                now = time.perf_counter()
+                per_step = (now - epoch_t0) / int(steps_per_epoch)
+                epoch_t0 = now
                 loss = logs.get("val_loss", logs.get("loss", math.nan))
-                last = Progress(
-                    (epoch + 1) * int(steps_per_epoch), steps, f"Epoch {epoch + 1}/{epochs}: loss {loss:.3f}"
+                msg = f"Epoch {epoch + 1}/{epochs}: loss {loss:.3f}"
+                if "val_ap50" in logs:
+                    msg += f", validation AP@0.5 {logs['val_ap50']:.3f}"
+                last = TrainProgress(
+                    (epoch + 1) * int(steps_per_epoch),
+                    steps,
+                    msg + f" ({per_step:.2f} s/step)",
+                    epoch=epoch + 1,
+                    epochs=int(epochs),
+                    metrics=dict(logs),
+                    seconds_per_step=per_step,
                 )
                 yield last
             elif kind == "thresholds":
@@ -489,12 +587,15 @@ def iter_train_stardist(
             stop.set()
             thread.join(timeout=4)  # within the engine's grace period
             if not thread.is_alive():
+                if keep_on_cancel and history and not final.exists():
+                    with contextlib.suppress(Exception):
+                        _save_cancelled(partial, final, model, history, name, base_name, int(epochs))
                 shutil.rmtree(partial, ignore_errors=True)
     thread.join()
 
     thresholds = {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}
     yield Progress(total + 1, steps, "Saving the model")
-    metadata = {
+    metadata: dict[str, Any] = {
         "backend": "stardist",
         "name": name,
         "kind": "finetuned",
@@ -529,6 +630,12 @@ def iter_train_stardist(
         },
         "thresholds": thresholds,
     }
+    if history.get("val_ap50"):
+        metadata["validation"] = {
+            "final_ap50": history["val_ap50"][-1],
+            "best_ap50": max(history["val_ap50"]),
+            "best_epoch": int(np.argmax(history["val_ap50"])) + 1,
+        }
     with contextlib.suppress(FileNotFoundError):
         (partial / "weights_now.h5").unlink()
     write_metadata(partial, metadata)
