@@ -485,3 +485,9 @@ def test_local_cluster_runs_one_task_per_image(tmp_path, local_cluster):
                 break
         gen.close()
     assert _manifest(tmp_path / "cancel")["status"] == "cancelled"
+
+
+def test_worker_warm_up_segments_a_tiny_image():
+    from napari_phenotyper.core.dask_runner import warm_up_worker
+
+    assert warm_up_worker() == 2  # the two synthetic discs
