@@ -1,5 +1,7 @@
 """Click through "Segment & measure" as a biologist would, with real threads."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -158,3 +160,186 @@ def test_estimate_button_fills_the_diameter(viewer_with_sample, qtbot):
         pass
     qtbot.waitUntil(lambda: "Estimated diameter" in widget.status.value, timeout=5000)
     assert 15 < widget.form.editors["diameter"].value < 30
+
+
+# --------------------------------------------------------------------------- forms and models
+
+
+def test_optional_numbers_with_a_positive_minimum_can_be_auto(make_napari_viewer):
+    """``float | None`` with ``min > 0`` (Cellpose's diameter, anisotropy) used to crash the form."""
+    import dataclasses
+
+    from napari_phenotyper._napari.params_form import ParamsForm
+    from napari_phenotyper.core.segment.cellpose import CellposeParams
+
+    @dataclasses.dataclass(frozen=True)
+    class P:
+        scale: float | None = dataclasses.field(default=None, metadata={"min": 0.5, "max": 4.0})
+        count: int | None = dataclasses.field(default=None, metadata={"min": 3, "max": 9})
+        gain: float | None = dataclasses.field(default=2.0, metadata={"min": 1.0, "max": 3.0})
+        odd: float = dataclasses.field(default=0.0, metadata={"min": 1.0, "max": 3.0})  # outside its range
+
+    form = ParamsForm(P)
+    assert form.params() == P()
+    scale = form.editors["scale"]
+    assert scale.auto.value and scale.editor.value == 0.5 and not scale.editor.enabled
+    scale.auto.value = False
+    assert form.params().scale == 0.5
+    form.set_value("scale", 2.5)
+    form.set_value("count", 4)
+    assert form.params() == P(scale=2.5, count=4)
+    form.set_value("scale", None)
+    assert form.editors["scale"].auto.value and form.params().scale is None
+    assert form.editors["odd"].value == 0.0  # the range widens; the default is kept
+
+    cp = ParamsForm(CellposeParams)
+    assert cp.params() == CellposeParams()
+    cp.set_value("diameter", 17.0)
+    assert cp.params().diameter == 17.0
+    cp.set_value("diameter", None)
+    assert cp.params().diameter is None
+
+
+def _fake_stardist_model(folder, finetuned=False):
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"n_dim": 2, "axes": "YXC", "n_channel_in": 1}))
+    (folder / "weights_best.h5").write_bytes(b"not really weights")
+    if finetuned:
+        (folder / "model.json").write_text(
+            json.dumps({"backend": "stardist", "base_model": "2D_versatile_fluo", "created": "2026-01-02"})
+        )
+    return folder
+
+
+@pytest.fixture
+def models_folder(tmp_path, monkeypatch):
+    """An empty models folder and Keras cache; offline."""
+    models = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_PHENOTYPER_MODELS", str(models))
+    monkeypatch.setenv("NAPARI_PHENOTYPER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "cellpose"))
+    monkeypatch.setenv("NAPARI_PHENOTYPER_OFFLINE", "1")
+    return models
+
+
+def test_model_chooser_lists_models_and_browses(make_napari_viewer, models_folder, tmp_path, monkeypatch):
+    from napari_phenotyper._napari.params_form import SUFFIX_ROLE, ModelChooser
+
+    _fake_stardist_model(models_folder / "stardist" / "my_nuclei")
+    _fake_stardist_model(models_folder / "stardist" / "tuned", finetuned=True)
+    chooser = ModelChooser("stardist", "2D_versatile_fluo")
+    names = chooser.names()
+    assert names[0] == "2D_versatile_fluo" and names[-2:] == ["my_nuclei", "tuned"]
+    assert chooser.value == "2D_versatile_fluo"
+
+    def suffix(name):
+        return chooser.combo.itemData(chooser.combo.findText(name), SUFFIX_ROLE)
+
+    assert "not downloaded" in suffix("2D_versatile_fluo")
+    assert suffix("my_nuclei") == "local, on this computer"
+    assert suffix("tuned") == "fine-tuned, on this computer"
+    assert "not downloaded" in chooser.detail.value
+
+    chooser.value = "tuned"
+    assert chooser.value == "tuned" and chooser.detail.value == "fine-tuned, on this computer"
+    assert "fine-tuned from 2D_versatile_fluo" in chooser.detail.tooltip
+    # any name or path can be typed; napari's reset_choices (layers changed) keeps it
+    elsewhere = _fake_stardist_model(tmp_path / "elsewhere" / "other")
+    chooser.combo.setEditText(str(elsewhere))
+    chooser.reset_choices()
+    assert chooser.value == str(elsewhere) and "on disk" in chooser.detail.value
+    # Browse…: a folder picked in the dialog (the class is patched: magicgui containers
+    # treat deleting an instance attribute as removing a widget); a cancelled dialog changes nothing
+    monkeypatch.setattr(ModelChooser, "_ask_path", lambda self: str(models_folder / "stardist" / "my_nuclei"))
+    chooser.browse.clicked.emit()
+    assert chooser.value == str(models_folder / "stardist" / "my_nuclei")
+    monkeypatch.setattr(ModelChooser, "_ask_path", lambda self: "")
+    chooser.browse.clicked.emit()
+    assert chooser.value == str(models_folder / "stardist" / "my_nuclei")
+    # a model saved meanwhile shows up on refresh
+    _fake_stardist_model(models_folder / "stardist" / "fresh", finetuned=True)
+    chooser.refresh(select="fresh")
+    assert "fresh" in chooser.names() and chooser.value == "fresh"
+
+    # Cellpose: the field may be empty (the installed cellpose's default model)
+    cp = ModelChooser("cellpose", None, optional=True, default_model="cyto3")
+    assert cp.value is None and cp.combo.lineEdit().placeholderText() == "default (cyto3)"
+    if "cyto3" in cp.names():  # cellpose 3 installed
+        assert cp.detail.value == "the default model: built-in, not downloaded (needs internet once)"
+    monkeypatch.setattr(ModelChooser, "_ask_path", lambda self: str(tmp_path / "tuned_cp" / "model.json"))
+    cp.browse.clicked.emit()
+    assert cp.value == str(tmp_path / "tuned_cp")  # a fine-tuned model's folder, not its model.json
+
+
+def test_widget_model_list_follows_the_segmenter(make_napari_viewer, models_folder):
+    from napari_phenotyper.core.segment.registry import available
+
+    if "stardist" not in available():
+        pytest.skip("stardist is not installed")
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    assert widget.model_chooser is None  # classical: no models
+    widget.refresh_models("anything")  # nothing to refresh: no error
+    assert widget.status.value.startswith("Ready") and "CPU" in widget.status.value
+
+    widget.segmenter.value = "stardist"
+    chooser = widget.model_chooser
+    assert chooser is not None and widget.form.editors["model"] is chooser
+    assert "my_nuclei" not in chooser.names()
+    assert "auto" in widget.device_text() and "runs on auto" in widget.status.value  # nothing loaded here
+    _fake_stardist_model(models_folder / "stardist" / "my_nuclei", finetuned=True)
+    widget.refresh_models(select="my_nuclei")  # e.g. called by the fine-tuning widget
+    assert widget.form.params().model == "my_nuclei"
+
+    _fake_stardist_model(models_folder / "stardist" / "later")
+    widget.segmenter.value = "classical"
+    assert widget.model_chooser is None
+    widget.segmenter.value = "stardist"  # the list is read again
+    assert "later" in widget.model_chooser.names()
+    assert widget.form.params().model == "2D_versatile_fluo"  # the parameter's default
+
+
+def test_status_shows_the_device_the_engine_reported(make_napari_viewer, monkeypatch):
+    """After a deep-learning run the status line names the model and the engine's device and GPU memory."""
+    import types
+
+    import pandas as pd
+
+    from napari_phenotyper.core.pipeline import SegmentResult, device_memory
+    from napari_phenotyper.core.segment.registry import available
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    widget = SegmentWidget(viewer)
+    labels = np.zeros((32, 32), np.uint32)
+    labels[4:9, 4:9] = 1
+    prov = {
+        "backend": "stardist",
+        "segmenter": "StarDist (deep learning)",
+        "params": {"model": "my_nuclei"},
+        "device": "GPU (NVIDIA H100, TensorFlow)",
+        "device_memory": "3.1 GiB GPU memory in use (peak 4.0 GiB)",
+        "model_info": {"name": "my_nuclei", "kind": "finetuned"},
+        "segment_seconds": 0.5,
+        "measure_seconds": 0.1,
+    }
+    widget._on_returned(image, SegmentResult(labels, pd.DataFrame({"label": [1]}), prov))
+    status = widget.status.value
+    assert "1 cells" in status and "(my_nuclei)" in status
+    assert "GPU (NVIDIA H100, TensorFlow), 3.1 GiB GPU memory in use" in status
+    if "stardist" in available():
+        widget.segmenter.value = "stardist"
+        assert widget.device_text().startswith("GPU (NVIDIA H100")  # remembered for this backend
+
+    # what the engine process reports: asked of an already-loaded library only (never imported)
+    gib = 1024**3
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True, is_initialized=lambda: True, mem_get_info=lambda: (6 * gib, 80 * gib)
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    assert device_memory() == "6.0 of 80.0 GiB GPU memory free"
+    cuda.is_initialized = lambda: False  # CUDA never used in this process: nothing to say
+    assert device_memory() is None

@@ -1,7 +1,15 @@
-"""The "Segment & measure" dock widget: controls only, the work happens in core."""
+"""The "Segment & measure" dock widget: controls only, the work happens in core.
+
+Deep-learning segmenters (StarDist, Cellpose) run in an engine process, one per backend,
+so that TensorFlow and torch never share a process and neither loads into napari's. Their
+``model`` parameter is a :class:`~.params_form.ModelChooser` (the models on this computer,
+plus "Browse…"); :meth:`SegmentWidget.refresh_models` re-reads the list, e.g. after the
+fine-tuning widget saved a model.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,16 +19,20 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..core.features import FEATURE_GROUPS
+from ..core.params import FieldSpec
 from ..core.pipeline import MeasureParams, SegmentResult, estimate_params_diameter, select_channel
 from ..core.progress import Progress
 from ..core.segment import get_segmenter
+from ..core.segment.models import BACKENDS as MODEL_BACKENDS
 from ..core.segment.registry import BUILTIN, available
 from .layers import upsert_labels
-from .params_form import ParamsForm
+from .params_form import ModelChooser, ParamsForm
 from .workers import SegmentRequest, segment_job, start_job, user_message
 
 if TYPE_CHECKING:
     import napari
+
+    from ..core.engine import EngineProcess
 
 __all__ = ["SegmentWidget"]
 
@@ -36,14 +48,40 @@ def _level0(layer: Image) -> Any:
     return layer.data[0] if layer.multiscale else layer.data
 
 
-class SegmentWidget(Container):
-    """Choose an image and a segmenter, run it in the background, get labels + features."""
+def _default_model(backend: str) -> str | None:
+    """The model an empty model field stands for (Cellpose: the installed version's default)."""
+    if backend != "cellpose":
+        return None
+    from ..core.segment.cellpose_models import cellpose_version, default_cellpose_model
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+    return default_cellpose_model() if cellpose_version() is not None else None
+
+
+class SegmentWidget(Container):
+    """Choose an image and a segmenter, run it in the background, get labels + features.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer whose image layers are segmented.
+    engines : mapping of segmenter name -> EngineProcess, optional
+        Engine processes to run the deep-learning segmenters in (e.g. shared with another
+        widget). By default the widget starts one per backend on first use; they stop
+        with :meth:`shutdown_engine`, or when the widget is garbage-collected.
+    """
+
+    def __init__(
+        self, napari_viewer: napari.viewer.Viewer, engines: dict[str, EngineProcess] | None = None
+    ) -> None:
         self.viewer = napari_viewer
         self._worker: Any = None
         self._segmenter_obj: Any = None
-        self._engine: Any = None  # deep-learning backends run in this process, started on first use
+        self.form: ParamsForm | None = None
+        self.model_chooser: ModelChooser | None = None
+        # deep-learning backends run in these processes (one per backend), started on first use
+        self._engines: dict[str, EngineProcess] = dict(engines or {})
+        self._running_engine: EngineProcess | None = None
+        self._last_device: dict[str, str] = {}  # what the engine reported, by segmenter
 
         self.image = ComboBox(
             label="image", choices=self._image_choices, nullable=False, tooltip="Image layer to segment"
@@ -78,6 +116,7 @@ class SegmentWidget(Container):
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         self.progress = ProgressBar(min=0, max=1000, value=0, label="progress")
         self.status = Label(value="Ready.")
+        self.status.native.setWordWrap(True)  # error messages are long
         super().__init__(
             widgets=[
                 self.image,
@@ -133,6 +172,8 @@ class SegmentWidget(Container):
 
     def _on_segmenter_changed(self, name: str | None) -> None:
         self.params_box.clear()
+        self.form = None
+        self.model_chooser = None
         if name is None:
             return
         try:
@@ -140,15 +181,76 @@ class SegmentWidget(Container):
         except (ImportError, KeyError) as exc:
             show_error(user_message(exc))
             return
-        self.form = ParamsForm(self._segmenter_obj.params_type)
+        editors = {"model": self._model_editor} if name in MODEL_BACKENDS else None
+        self.form = ParamsForm(self._segmenter_obj.params_type, editors=editors)
         self.params_box.append(self.form)
         can = hasattr(self._segmenter_obj, "estimate_diameter") and "diameter" in self.form.editors
         self.estimate.visible = self.auto_diameter.visible = can
         self._sync_diameter_editor()
+        self.status.value = f"Ready · {self._segmenter_obj.display_name} runs on {self.device_text()}"
+
+    def _model_editor(self, spec: FieldSpec) -> ModelChooser:
+        backend = str(self.segmenter.value)
+        self.model_chooser = ModelChooser(
+            backend,
+            spec.default,
+            optional=spec.optional,
+            default_model=_default_model(backend),
+            tooltip=spec.doc or None,
+        )
+        return self.model_chooser
+
+    def refresh_models(self, select: str | None = None) -> None:
+        """List the current backend's models again (a model was saved, copied or downloaded).
+
+        Parameters
+        ----------
+        select : str, optional
+            A model name or path to show in the model field afterwards (e.g. the model a
+            fine-tuning run just saved); by default the field keeps its text.
+
+        Does nothing for a segmenter without models (the classical one); the list is
+        re-read anyway whenever the segmenter changes.
+        """
+        if self.model_chooser is not None:
+            self.model_chooser.refresh(select)
+
+    def device_text(self, params: Any = None) -> str:
+        """Where the current segmenter runs, as far as is known without loading its library.
+
+        Classical: the CPU. Deep-learning backends run in their engine process: the device
+        it reported after the last run (GPU name and memory included), else the device
+        asked for ("auto" before the first run). torch is asked directly only when this
+        process has already imported it; TensorFlow never is.
+        """
+        name = self.segmenter.value
+        seg = self._segmenter_obj
+        if seg is None or name is None:
+            return "unknown"
+        spec = BUILTIN.get(name)
+        if spec is None or not spec.engine:
+            return str(seg.device(params))
+        if name in self._last_device:
+            return self._last_device[name]
+        if params is None and self.form is not None:
+            try:
+                params = self.form.params()
+            except (TypeError, ValueError):
+                params = None
+        requested = str(getattr(params, "device", "auto"))
+        if name == "cellpose" and "torch" in sys.modules:  # already loaded: asking is free
+            try:
+                return str(seg.device(params))
+            except (ImportError, RuntimeError, ValueError):
+                pass
+        if requested == "auto":
+            return "auto (a GPU if the engine sees one)"
+        return requested.upper()
 
     def _auto_diameter_on(self) -> bool:
         return bool(
             self.auto_diameter.value
+            and self.form is not None
             and "diameter" in self.form.editors
             and hasattr(self._segmenter_obj, "estimate_diameter")
         )
@@ -164,6 +266,8 @@ class SegmentWidget(Container):
         layer = self.image.value
         if layer is None:
             raise ValueError("Open or select an image layer to segment first.")
+        if self.form is None:
+            raise ValueError("Choose a segmenter first.")
         params = self.form.params()
         groups = tuple(g for g, cb in self.groups.items() if cb.value)
         if not groups:
@@ -195,17 +299,17 @@ class SegmentWidget(Container):
             return
         source = self.image.value
         self._set_running(True)
+        model = getattr(request.params, "model", None)
         self.status.value = (
-            f"Running {self.segmenter.value} on {self._segmenter_obj.device(request.params)}..."
+            f"Running {self.segmenter.value}"
+            + (f" ({model})" if model else "")
+            + f" on {self.device_text(request.params)}..."
         )
         engine = None
         spec = BUILTIN.get(request.segmenter)
         if spec is not None and spec.engine:
-            if self._engine is None:
-                from ..core.engine import EngineProcess
-
-                self._engine = EngineProcess()
-            engine = self._engine
+            engine = self.engine_for(request.segmenter)
+        self._running_engine = engine
 
         def should_cancel() -> bool:
             return self._worker is not None and self._worker.abort_requested
@@ -223,11 +327,19 @@ class SegmentWidget(Container):
             on_finished=lambda: self._set_running(False),
         )
 
+    def engine_for(self, segmenter: str) -> EngineProcess:
+        """The engine process that runs ``segmenter`` (created here, started by its first job)."""
+        engine = self._engines.get(segmenter)
+        if engine is None:
+            from ..core.engine import EngineProcess
+
+            engine = self._engines[segmenter] = EngineProcess(name=f"napari-phenotyper-{segmenter}")
+        return engine
+
     def shutdown_engine(self) -> None:
-        """Stop the engine process (frees its memory; the next deep-learning run starts a new one)."""
-        if self._engine is not None:
-            self._engine.shutdown()
-            self._engine = None
+        """Stop the engine processes (frees their memory; the next deep-learning run starts a new one)."""
+        for engine in self._engines.values():
+            engine.shutdown()
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next step; the previous result is kept."""
@@ -262,6 +374,8 @@ class SegmentWidget(Container):
 
     # ---- worker callbacks (GUI thread) --------------------------------------------------
     def _on_estimated(self, value: float) -> None:
+        if self.form is None or "diameter" not in self.form.editors:
+            return
         self.form.set_value("diameter", round(value, 1))
         self.status.value = f"Estimated diameter: {value:.1f} px"
 
@@ -270,6 +384,7 @@ class SegmentWidget(Container):
         self.cancel_button.enabled = running
         if not running:
             self._worker = None
+            self._running_engine = None
 
     def _on_progress(self, p: Progress) -> None:
         self.progress.value = int(p.fraction * 1000)
@@ -282,11 +397,21 @@ class SegmentWidget(Container):
             return
         upsert_labels(self.viewer, source, result.labels, result.features, result.provenance)
         prov = result.provenance
-        if "diameter" in prov.get("params", {}) and "diameter" in self.form.editors:
+        device = str(prov.get("device", "?"))
+        if prov.get("device_memory"):
+            device += f", {prov['device_memory']}"
+        spec = BUILTIN.get(str(prov.get("backend")))
+        if spec is not None and spec.engine:
+            self._last_device[spec.name] = device
+        same_form = self.form is not None and prov.get("backend") == self.segmenter.value
+        if same_form and "diameter" in prov.get("params", {}) and "diameter" in self.form.editors:
             self.form.set_value("diameter", prov["params"]["diameter"])  # show what was used
+        model = (prov.get("model_info") or {}).get("name")
         self.progress.value = 1000
         self.status.value = (
-            f"{len(result.features)} cells · {prov['segmenter']} on {prov['device']} · "
+            f"{len(result.features)} cells · {prov['segmenter']}"
+            + (f" ({model})" if model else "")
+            + f" on {device} · "
             f"{prov['segment_seconds']:.2f} s segment + {prov['measure_seconds']:.2f} s measure"
         )
 
@@ -297,7 +422,8 @@ class SegmentWidget(Container):
         self.progress.value = 0
 
     def _on_aborted(self) -> None:
-        if self._engine is not None:  # the worker stopped at a yield: stop the engine's job too
-            self._engine.cancel()
+        engine = self._running_engine
+        if engine is not None:  # the worker stopped at a yield: stop the engine's job too
+            engine.cancel()
         self.status.value = "Cancelled; previous results were kept."
         self.progress.value = 0

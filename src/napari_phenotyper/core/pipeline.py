@@ -8,13 +8,18 @@ produces the same tables with the same provenance.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,15 +29,19 @@ from .features import FEATURE_GROUPS, iter_features
 from .progress import Progress, sub_progress
 from .segment import get_segmenter
 from .segment.base import SegmentationError
+from .segment.models import BACKENDS as MODEL_BACKENDS
+from .segment.models import ModelNotFoundError, describe_model, resolve_model
 
 __all__ = [
     "PLANE_PREFIX",
     "MeasureParams",
     "SegmentResult",
+    "device_memory",
     "estimate_params_diameter",
     "iter_measure",
     "iter_segment",
     "iter_segment_and_measure",
+    "model_provenance",
     "package_versions",
     "select_channel",
 ]
@@ -90,11 +99,146 @@ def package_versions(
     """Installed versions of the packages that shape results (for provenance)."""
     out = {"python": platform.python_version()}
     for name in names:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            out[name] = "not installed"
+        out[name] = _version(name) or "not installed"
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _version(name: str) -> str | None:
+    """Installed version of a distribution (looked up once per process: a few ms each)."""
+    try:
+        return importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+#: Libraries whose versions shape a deep-learning backend's results (the first of a
+#: tuple that is installed counts: TensorFlow is packaged under several names).
+_BACKEND_PACKAGES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "cellpose": (("cellpose",), ("torch",)),
+    "stardist": (
+        ("stardist",),
+        ("csbdeep",),
+        ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel"),
+        ("keras",),
+    ),
+}
+
+#: Weights files larger than this are not hashed for provenance (a Cellpose-SAM file is
+#: 1.2 GB: seconds to hash); their size and modification time identify them instead.
+HASH_LIMIT_BYTES = 512 * 1024**2
+
+
+def _installed_versions(groups: Sequence[tuple[str, ...]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for names in groups:
+        for name in names:
+            version = _version(name)
+            if version is not None:
+                out[name] = version
+                break
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, computed once per process and file version (size, mtime)."""
+    del size, mtime_ns  # cache key only
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _weights_file(path: str | os.PathLike[str]) -> Path | None:
+    """The weights file a model path stands for: the file itself, or a StarDist folder's ``weights_best.h5``."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for name in ("weights_best.h5", "weights_last.h5"):
+            if (p / name).is_file():
+                return p / name
+        found = sorted(p.glob("*.h5"))
+        if found:
+            return found[0]
+    return None
+
+
+def model_provenance(backend: str, params: Any) -> dict[str, Any] | None:
+    """Which model a deep-learning backend used: name, kind, path, SHA-256, versions.
+
+    Based on :func:`~.segment.models.describe_model` of the resolved model, plus
+    ``weights`` (the file loaded), ``sha256`` of it (from the model's ``model.json``
+    when it records one, else hashed once per process and file version; ``None`` for
+    files over :data:`HASH_LIMIT_BYTES`), ``size_bytes``, ``versions`` (the backend's
+    libraries now) and ``trained_with`` (library versions a fine-tuned model was
+    trained with). Nothing is downloaded or loaded.
+
+    Returns
+    -------
+    dict or None
+        ``None`` for a backend without models (the classical one) or parameters
+        without a ``model`` field.
+    """
+    if backend not in MODEL_BACKENDS or not hasattr(params, "model"):
+        return None
+    name = getattr(params, "model", None) or "default"
+    out: dict[str, Any]
+    try:
+        info = resolve_model(backend, str(name), download=False)
+    except (ModelNotFoundError, ValueError) as exc:
+        return {"backend": backend, "name": str(name), "available": False, "error": str(exc)}
+    out = describe_model(info)
+    meta = info.metadata or {}
+    weights = _weights_file(info.path) if info.path is not None else None
+    sha = meta.get("weights_sha256") if isinstance(meta.get("weights_sha256"), str) else None
+    if weights is not None:
+        out["weights"] = str(weights)
+        try:
+            st = os.stat(weights)
+        except OSError:
+            st = None
+        if st is not None:
+            out["size_bytes"] = int(st.st_size)
+            out["modified"] = datetime.fromtimestamp(st.st_mtime, UTC).isoformat(timespec="seconds")
+            if sha is None and st.st_size <= HASH_LIMIT_BYTES:
+                sha = _file_sha256(str(weights), int(st.st_size), int(st.st_mtime_ns))
+    out["sha256"] = sha
+    out["versions"] = _installed_versions(_BACKEND_PACKAGES.get(backend, ()))
+    if isinstance(meta.get("versions"), Mapping):
+        out["trained_with"] = dict(meta["versions"])
+    if info.kind == "finetuned" and "cellpose_version" in meta:
+        out["trained_with"] = {**out.get("trained_with", {}), "cellpose": meta["cellpose_version"]}
+    return out
+
+
+def device_memory() -> str | None:
+    """Memory of the GPU that ran, as the already-loaded deep-learning library reports it.
+
+    torch (CUDA): free and total memory; TensorFlow: memory in use and its peak. Never
+    imports a library, and ``None`` on a CPU, or when nothing is reported.
+    """
+    gib = 1024**3
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                free, total = torch.cuda.mem_get_info()
+                return f"{free / gib:.1f} of {total / gib:.1f} GiB GPU memory free"
+        except Exception:  # optional detail: a broken CUDA set-up must not fail the run
+            return None
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        try:
+            gpus = tf.config.list_logical_devices("GPU")
+            if gpus:
+                mem = tf.config.experimental.get_memory_info(gpus[0].name)
+                return f"{mem['current'] / gib:.1f} GiB GPU memory in use (peak {mem['peak'] / gib:.1f} GiB)"
+        except Exception:  # optional detail (not every TensorFlow build reports it)
+            return None
+    return None
 
 
 def select_channel(
@@ -174,6 +318,12 @@ def iter_segment(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
     }
+    model_info = model_provenance(seg.name, params)
+    if model_info is not None:
+        provenance["model_info"] = model_info
+    memory = device_memory()
+    if memory:
+        provenance["device_memory"] = memory
     return labels, provenance
 
 
