@@ -19,7 +19,7 @@ def manifest():
 def test_manifest_validates(manifest):
     assert manifest.name == "napari-phenotyper"
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert {"Segment & measure", "Cell table"} <= widgets
+    assert {"Segment & measure", "Cell table", "Fine-tune"} <= widgets
 
 
 def test_every_command_imports(manifest):
