@@ -7,7 +7,10 @@ plots) through the same widgets, then saves the whole window as a PNG:
 - ``phenotypes.png``: the *Phenotypes* dock with three classes, live predictions and the next
   proposed cell;
 - ``plots.png``: the *Plots* dock, PCA of every cell coloured by predicted class, with a lasso
-  selection outlined in the plot and its cells outlined in the viewer.
+  selection outlined in the plot and its cells outlined in the viewer;
+- ``finetune.png``: the *Fine-tune* dock after a short StarDist training on the sample (the
+  labels as the corrected mask, the ground truth as the validation pair), with its loss and
+  validation AP@0.5 plot. Without StarDist installed, the dock is shown filled in, untrained.
 
 napari needs a display with OpenGL: run it under a virtual X server (``QT_QPA_PLATFORM=offscreen``
 is not enough)::
@@ -21,6 +24,8 @@ The default output folder is ``docs/images``; the test suite runs it into a temp
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +41,7 @@ from napari_phenotyper._napari.plots_widget import PlotsWidget
 from napari_phenotyper._napari.sample_data import nuclei_sample
 from napari_phenotyper._napari.table_widget import FeatureTableWidget
 
-IMAGES = ("segment-measure.png", "phenotypes.png", "plots.png")
+IMAGES = ("segment-measure.png", "phenotypes.png", "plots.png", "finetune.png")
 WINDOW_SIZE = (1600, 1000)
 CLASSES = (("regular", "#0072B2"), ("large", "#E69F00"), ("irregular", "#D55E00"))
 
@@ -176,6 +181,41 @@ def plots(viewer: napari.Viewer, labels, pheno: PhenotypeWidget, out: Path) -> P
     return widget
 
 
+def finetune(viewer: napari.Viewer, labels, out: Path) -> None:
+    """The Fine-tune dock: a few StarDist epochs from scratch on the sample, with the live plot.
+
+    Models go to ``$NAPARI_PHENOTYPER_MODELS`` (a temporary folder, set by :func:`main`).
+    """
+    from napari_phenotyper._napari.finetune_widget import FinetuneWidget
+
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune (napari-phenotyper)", area="right", tabify=True)
+    image, truth = viewer.layers["nuclei"], viewer.layers["nuclei ground truth"]
+    if not widget.rows:
+        widget.add_row(labels, image)
+    else:
+        widget.rows[0].labels_layer.value = labels
+        widget.rows[0].image_layer.value = image
+    trainable = importlib.util.find_spec("stardist") is not None and "stardist" in widget.backend.choices
+    if trainable:
+        widget.backend.value = "stardist"
+        if widget.base is not None:
+            widget.base.value = ""  # from scratch: no model can be downloaded here
+        widget.model_name.value = "sample-nuclei"
+        widget.val_labels.value = truth
+        widget.val_image.value = image
+        widget.epochs.value = 4
+        widget.steps_per_epoch.value = 4
+        widget.patch_size.value = 128
+        widget.batch_size.value = 2
+        widget.start()
+        _wait(lambda: widget._worker is None, timeout=240)
+    labels.visible = True
+    viewer.reset_view()
+    _save(viewer, out / "finetune.png")
+    widget.close_widget()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         widget.close_widget()
         pheno.close_session()
         _wait(lambda: pheno._worker is None and pheno._quality_worker is None)
+        os.environ["NAPARI_PHENOTYPER_MODELS"] = str(Path(tmp) / "models")  # the engine inherits it
+        finetune(viewer, labels, out)
     viewer.close()
 
 

@@ -23,6 +23,7 @@ def _screenshots() -> tuple[str, ...]:
     raise AssertionError("docs/make_screenshots.py has no IMAGES tuple")
 
 
+@pytest.mark.timeout(600)
 def test_make_screenshots(tmp_path):
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
         pytest.skip("no X display: run under pytest-xvfb (the default) or xvfb-run")
@@ -33,7 +34,7 @@ def test_make_screenshots(tmp_path):
         env=dict(os.environ),
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=520,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     pixels = {}
