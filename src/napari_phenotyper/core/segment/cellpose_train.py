@@ -578,6 +578,23 @@ def _validation_ap50(
     return float(np.mean(scores)) if scores else math.nan
 
 
+def _header(name: str, net: Any, weights: Path, base: CellposeModelInfo | None) -> dict[str, Any]:
+    """The ``model.json`` keys every saved model has, finished or cancelled."""
+    return {
+        "format": METADATA_FORMAT,
+        "format_version": 1,
+        "backend": BACKEND,
+        "name": name,
+        "kind": "finetuned",
+        "weights": weights.name,
+        "weights_sha256": _file_sha256(weights),
+        "base_model": None if base is None else base.name,
+        "diam_mean": float(net.diam_mean.item()),
+        "diam_labels": float(net.diam_labels.item()),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
 def _save_cancelled(
     work: Path,
     final: Path,
@@ -596,20 +613,10 @@ def _save_cancelled(
     weights = work / WEIGHTS_FILE
     torch.save(state if state is not None else net.state_dict(), weights)
     meta = {
-        "format": METADATA_FORMAT,
-        "format_version": 1,
-        "backend": BACKEND,
-        "name": name,
-        "kind": "finetuned",
-        "weights": weights.name,
-        "weights_sha256": _file_sha256(weights),
-        "base_model": None if base is None else base.name,
+        **_header(name, net, weights, base),
         "cellpose_version": ".".join(map(str, version)),
-        "diam_mean": float(net.diam_mean.item()),
-        "diam_labels": float(net.diam_labels.item()),
         "cancelled": True,
         "training": {"epochs": epochs, "epochs_run": len(history.get("epoch", [])), "history": history},
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (work / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     os.replace(work, final)
@@ -653,21 +660,12 @@ def _metadata(
         for img, lab in zip(imgs, labs, strict=True)
     ]
     return {
-        "format": METADATA_FORMAT,
-        "format_version": 1,
-        "backend": BACKEND,
-        "name": name,
-        "kind": "finetuned",
-        "weights": weights.name,
-        "weights_sha256": _file_sha256(weights),
-        "base_model": None if base is None else base.name,
+        **_header(name, net, weights, base),
         "base_model_kind": None if base is None else base.kind,
         "base_model_sha256": None if base_path is None else _file_sha256(base_path),
         "cellpose_version": version_of("cellpose"),
         "versions": {pkg: version_of(pkg) for pkg in ("napari-phenotyper", "cellpose", "torch", "numpy")}
         | {"python": platform.python_version()},
-        "diam_mean": float(net.diam_mean.item()),
-        "diam_labels": float(net.diam_labels.item()),
         "training": {
             "images": images,
             "n_test_images": n_test,
@@ -678,5 +676,4 @@ def _metadata(
             },
             "seconds": round(seconds, 1),
         },
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

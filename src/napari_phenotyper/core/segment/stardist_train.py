@@ -139,6 +139,19 @@ def _validation_ap50(model: Any, xs: Sequence[np.ndarray], ys: Sequence[np.ndarr
     return float(np.mean(scores)) if scores else math.nan
 
 
+def _header(name: str, base_name: str | None) -> dict[str, Any]:
+    """The ``model.json`` keys every saved model has, finished or cancelled."""
+    return {
+        "backend": "stardist",
+        "name": name,
+        "kind": "finetuned",
+        "model_class": "StarDist2D",
+        "base_model": base_name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+
+
 def _save_cancelled(
     partial: Path,
     final: Path,
@@ -161,13 +174,7 @@ def _save_cancelled(
     write_metadata(
         partial,
         {
-            "backend": "stardist",
-            "name": name,
-            "kind": "finetuned",
-            "model_class": "StarDist2D",
-            "base_model": base_name,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": _versions(),
+            **_header(name, base_name),
             "cancelled": True,
             "training": {
                 "epochs": epochs,
@@ -596,13 +603,7 @@ def iter_train_stardist(
     thresholds = {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}
     yield Progress(total + 1, steps, "Saving the model")
     metadata: dict[str, Any] = {
-        "backend": "stardist",
-        "name": name,
-        "kind": "finetuned",
-        "model_class": "StarDist2D",
-        "base_model": base_name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        **_header(name, base_name),
         "training": {
             "images": [
                 {
