@@ -491,3 +491,28 @@ def test_worker_warm_up_segments_a_tiny_image():
     from napari_phenotyper.core.dask_runner import warm_up_worker
 
     assert warm_up_worker() == 2  # the two synthetic discs
+
+
+def _worker_setting(key):
+    import dask.config
+
+    return dask.config.get(key)
+
+
+def test_local_cluster_turns_down_dask_housekeeping_but_keeps_user_settings():
+    pytest.importorskip("distributed")
+    import dask.config
+
+    from napari_phenotyper.core.dask_runner import LOCAL_CLUSTER_CONFIG, DaskExecutor, _local_cluster_config
+
+    with _local_cluster_config():
+        assert {k: dask.config.get(k) for k in LOCAL_CLUSTER_CONFIG} == LOCAL_CLUSTER_CONFIG
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}), _local_cluster_config():
+        assert dask.config.get("distributed.admin.tick.interval") == "50ms"  # the user's choice wins
+        assert dask.config.get("distributed.worker.profile.enabled") is False
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # only around the cluster's start
+    with DaskExecutor(n_workers=1) as ex:
+        # the worker processes got the settings in force when their nanny was made
+        seen = ex.client.run(_worker_setting, "distributed.worker.profile.enabled")
+        assert list(seen.values()) == [False]
+        assert ex.description["workers"] == 1
