@@ -17,7 +17,8 @@ Both processes start from this one's environment (same thread settings, e.g.
 ``OMP_NUM_THREADS``; ``--threads N`` sets them for both), load the model once and are warmed up before timing; torch and
 TensorFlow never share a process. The two are timed in turns, image by image and repeat
 by repeat (the order alternating), so that load from other work on the machine hits both
-alike. Per image the median of ``--repeats`` runs counts; the overhead of a backend is
+alike (``--pause S`` waits S seconds before each call, for the other process's thread
+pools to go idle; on this machine it changed nothing beyond the noise). Per image the median of ``--repeats`` runs counts; the overhead of a backend is
 the sum of its plugin medians over the sum of its direct medians, for the images of at
 least 512 x 512 pixels (the StarDist sample, 512 x 512, and the ``coelho2009_nuclei``
 images, about 1349 x 1030) and, separately, for 256 x 256 crops. Target: at most 1.05.
@@ -44,7 +45,7 @@ folder), or any model folder / weights file (``--cellpose-model``, ``--stardist-
 
 Usage::
 
-    python benchmarks/segmenters.py [--data DIR] [--backends cellpose,stardist] [--repeats 5]
+    python benchmarks/segmenters.py [--data DIR] [--backends cellpose,stardist] [--repeats 7] [--pause 0]
         [--n-large 2] [--cellpose-model PATH] [--stardist-model PATH] [--diameter 20] [--threads N]
 """
 
@@ -262,6 +263,7 @@ def _bench_backend(
     images_file: Path,
     repeats: int,
     diameter: float,
+    pause: float = 0.0,
 ) -> dict[str, dict[str, list[float]]]:
     from napari_phenotyper.core.engine import EngineProcess
     from napari_phenotyper.core.progress import run
@@ -310,6 +312,7 @@ def _bench_backend(
             for key in images:
                 pair = [("plugin", plugin), ("direct", call_direct)]
                 for name, call in pair if (r % 2 == 0) else reversed(pair):
+                    time.sleep(pause)  # let the other process's idle thread pools go to sleep
                     seconds, cpu, _n = call(key)
                     times[key][name].append(seconds)
                     times[key][f"{name}_cpu"].append(cpu)
@@ -381,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="shared data folder (default: ../shared/data)")
     parser.add_argument("--backends", default="cellpose,stardist")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds before each timed call (default 0)")
     parser.add_argument("--n-large", type=int, default=2, help="coelho2009_nuclei images to use")
     parser.add_argument("--cellpose-model", type=Path, help="weights file or fine-tuned model folder")
     parser.add_argument("--stardist-model", type=Path, help="StarDist model folder")
@@ -416,7 +420,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"\n{backend}: no model (pass --{backend}-model, or run tests/core/test_{backend}.py once)"
                 )
                 continue
-            times = _bench_backend(backend, Path(model), images, images_file, args.repeats, args.diameter)
+            times = _bench_backend(
+                backend, Path(model), images, images_file, args.repeats, args.diameter, args.pause
+            )
             results[backend] = _report(backend, times, sizes)
     fields = [f"overhead_{b}={r['large']:.3f}" for b, r in results.items() if "large" in r]
     fields += [f"overhead_small_{b}={r['small']:.3f}" for b, r in results.items() if "small" in r]
