@@ -201,3 +201,24 @@ def test_accuracy_floor_whole_datasets(shared_data, images, masks, ap50_floor, a
     assert s["n_images"] == len(list((shared_data / images).iterdir()))
     assert s["ap50"] >= ap50_floor, df.to_string()
     assert s["ap50_95"] >= ap50_95_floor, df.to_string()
+
+
+def test_per_label_maximum_and_its_position_match_ndimage():
+    from scipy import ndimage as ndi
+
+    from napari_phenotyper.core.segment.classical import _label_max, _max_positions
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        mask = ndi.binary_opening(rng.random((60, 70)) > 0.45)
+        lab, n = ndi.label(mask)
+        dist = ndi.distance_transform_edt(mask) + rng.random(mask.shape) * 1e-3  # no ties
+        np.testing.assert_array_equal(_label_max(dist, lab, n), ndi.maximum(dist, lab, np.arange(1, n + 1)))
+        ids = np.flatnonzero(rng.random(n) < 0.5) + 1
+        if len(ids):
+            expected = [tuple(int(c) for c in p) for p in ndi.maximum_position(dist, lab, ids)]
+            assert _max_positions(dist, lab, ids) == expected, trial
+    # with ties, the first maximum in reading order, inside the label
+    lab = np.array([[0, 1, 1], [2, 1, 1]])
+    assert _max_positions(np.ones((2, 3)), lab, np.array([1, 2])) == [(0, 1), (1, 0)]
+    assert list(_label_max(np.array([[0.0, 2, 5], [1, 5, 3]]), lab, 3)) == [5.0, 1.0, 0.0]  # 3 is empty
