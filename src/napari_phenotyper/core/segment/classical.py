@@ -238,11 +238,13 @@ def _auto_invert(img: np.ndarray, finite: np.ndarray) -> bool:
     Unlike a foreground-fraction rule this holds for dense fields too.
     """
     vals = img[finite] if not finite.all() else img
-    sample = vals.ravel()[:: max(1, vals.size // 200_000)].astype(np.float64)
-    sd = sample.std()
+    z = vals.ravel()[:: max(1, vals.size // 200_000)].astype(np.float64)
+    z -= z.mean()
+    sd = math.sqrt(float(np.dot(z, z)) / z.size)
     if not sd > 0:
         return False
-    skew = float(np.mean(((sample - sample.mean()) / sd) ** 3))
+    z /= sd
+    skew = float(np.dot(z * z, z)) / z.size  # dot products: ``mean(z ** 3)`` took 6x longer
     return skew < 0
 
 
