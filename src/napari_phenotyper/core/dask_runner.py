@@ -19,18 +19,26 @@ __all__ = ["DaskExecutor"]
 _INSTALL = "Running on Dask needs the 'distributed' package: pip install distributed"
 
 #: Dask settings for the local cluster, which shares this machine's cores with the tasks.
-#: distributed's defaults suit a cluster's dedicated scheduler; here every periodic
-#: callback takes the GIL from an image task or a core from the other worker. Each
-#: worker's statistical profiler samples the task's thread every 10 ms, and each server
-#: (scheduler, nannies, workers) wakes every 20 ms to time its event loop. Turning both
-#: down and reading system metrics less often gave 2 workers about 4% more images per
-#: second on 2 cores (``benchmarks/batch_scaling.py``). Memory limits are still watched
-#: at distributed's default rate. Settings the user chose in their Dask config win.
+#: distributed's defaults suit a cluster with a scheduler machine of its own; here every
+#: periodic callback takes the GIL from an image task or a core from the other worker.
+#: Each worker's statistical profiler samples the task's thread every 10 ms; each server
+#: (scheduler, nannies, workers) times its event loop every 20 ms; memory is read every
+#: 100 ms in every worker and nanny; the scheduler looks for work to steal every 100 ms
+#: (nothing to steal here: tasks wait in the scheduler's queue until a worker is free).
+#: Turned down, 2 workers process 4-8% more images per second on 2 cores
+#: (``benchmarks/batch_scaling.py``). Settings the user chose in their Dask config win.
 LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+    "distributed.scheduler.work-stealing": False,
 }
+
+#: Worker arguments of the local cluster (``cluster_kwargs`` overrides them): a heartbeat
+#: every 5 s instead of every second (the scheduler waits 5 minutes before it gives up on
+#: a silent worker).
+LOCAL_WORKER_KWARGS: dict[str, Any] = {"heartbeat_interval": "5s"}
 
 
 class DaskExecutor:
@@ -106,6 +114,7 @@ class DaskExecutor:
             "host": "127.0.0.1",
             "dashboard_address": "127.0.0.1:0",  # no fixed port (8787 may be taken); no dashboard page without bokeh
             "silence_logs": logging.ERROR,
+            **LOCAL_WORKER_KWARGS,
         }
         kwargs.update(self.cluster_kwargs)
         with _local_cluster_config():
