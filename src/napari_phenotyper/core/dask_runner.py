@@ -9,7 +9,7 @@ remote cluster) and returns a small record, so no table travels back to the clie
 from __future__ import annotations
 
 import logging
-import time
+import queue
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -163,8 +163,6 @@ class DaskExecutor:
         Yields ``None`` every ``poll_s`` seconds while nothing finished. Closing the
         iterator cancels the remaining tasks.
         """
-        from distributed import as_completed
-
         self.start()
         client = self.client
         [ctx_future] = client.scatter([ctx], broadcast=True, hash=False)
@@ -176,16 +174,29 @@ class DaskExecutor:
             for job in jobs
         }
         pending = set(futures)
-        # as_completed is fed by callbacks in the client's event loop; polling it costs
-        # nothing (repeated wait(timeout=...) calls leave dangling waiters in distributed).
-        finished = as_completed(list(futures))
+        # Each future reports itself on a queue when it ends (distributed calls done
+        # callbacks in a thread of its own), so the loop wakes as soon as a task is done
+        # instead of at the next poll, and still comes back every poll_s for progress and
+        # cancellation. (Repeated distributed.wait(timeout=...) calls leave dangling
+        # waiters in distributed.)
+        done: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for fut in futures:
+            fut.add_done_callback(done.put)
         try:
             while pending:
-                if not finished.has_ready():
-                    time.sleep(self.poll_s)
+                try:
+                    batch = [done.get(timeout=self.poll_s)]
+                except queue.Empty:
                     yield None
                     continue
-                for fut in finished.next_batch(block=False):
+                while True:
+                    try:
+                        batch.append(done.get_nowait())
+                    except queue.Empty:
+                        break
+                for fut in batch:
+                    if fut not in pending:
+                        continue
                     pending.discard(fut)
                     job = futures[fut]
                     if fut.status == "finished":
@@ -197,7 +208,6 @@ class DaskExecutor:
                     fut.release()
                     yield job, value
         finally:
-            finished.clear()
             if pending:
                 client.cancel(list(pending))
             ctx_future.release()
