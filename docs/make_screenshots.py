@@ -15,7 +15,11 @@ plots) through the same widgets, then saves the whole window as a PNG:
 napari needs a display with OpenGL: run it under a virtual X server (``QT_QPA_PLATFORM=offscreen``
 is not enough)::
 
-    xvfb-run -a -s "-screen 0 1920x1200x24" python docs/make_screenshots.py [--out DIR]
+    xvfb-run -a -s "-screen 0 1920x1200x24" python docs/make_screenshots.py [--out DIR] [--stardist-base DIR]
+
+``--stardist-base DIR`` fine-tunes a StarDist model folder (copied into the temporary model folder,
+e.g. the test model that ``tests/core/test_stardist.py`` caches) instead of training from scratch,
+so that the plot shows a real validation AP; no model can be downloaded here.
 
 The default output folder is ``docs/images``; the test suite runs it into a temporary folder
 (``tests/napari/test_screenshots.py``) so that the script keeps working.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -181,10 +186,11 @@ def plots(viewer: napari.Viewer, labels, pheno: PhenotypeWidget, out: Path) -> P
     return widget
 
 
-def finetune(viewer: napari.Viewer, labels, out: Path) -> None:
-    """The Fine-tune dock: a few StarDist epochs from scratch on the sample, with the live plot.
+def finetune(viewer: napari.Viewer, labels, out: Path, base: str = "") -> None:
+    """The Fine-tune dock: a few StarDist epochs on the sample, with the live plot.
 
-    Models go to ``$NAPARI_PHENOTYPER_MODELS`` (a temporary folder, set by :func:`main`).
+    Models go to ``$NAPARI_PHENOTYPER_MODELS`` (a temporary folder, set by :func:`main`);
+    ``base`` is the name of a model there to start from (empty: from scratch).
     """
     from napari_phenotyper._napari.finetune_widget import FinetuneWidget
 
@@ -200,7 +206,7 @@ def finetune(viewer: napari.Viewer, labels, out: Path) -> None:
     if trainable:
         widget.backend.value = "stardist"
         if widget.base is not None:
-            widget.base.value = ""  # from scratch: no model can be downloaded here
+            widget.base.value = base  # no model can be downloaded here
         widget.model_name.value = "sample-nuclei"
         widget.val_labels.value = truth
         widget.val_image.value = image
@@ -223,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "images"), help="output folder (default: docs/images)"
     )
+    parser.add_argument(
+        "--stardist-base", default="", help="StarDist model folder to fine-tune (default: from scratch)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,7 +248,12 @@ def main(argv: list[str] | None = None) -> None:
         pheno.close_session()
         _wait(lambda: pheno._worker is None and pheno._quality_worker is None)
         os.environ["NAPARI_PHENOTYPER_MODELS"] = str(Path(tmp) / "models")  # the engine inherits it
-        finetune(viewer, labels, out)
+        base = ""
+        if args.stardist_base:
+            src = Path(args.stardist_base)
+            base = "nuclei-base"
+            shutil.copytree(src, Path(tmp) / "models" / "stardist" / base)
+        finetune(viewer, labels, out, base)
     viewer.close()
 
 

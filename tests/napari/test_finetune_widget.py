@@ -186,6 +186,25 @@ def test_widget_docks_from_plugin_menu_with_backend_defaults(make_napari_viewer,
     assert not widget._engines  # nothing started
 
 
+def test_long_layer_names_do_not_widen_the_dock(make_napari_viewer, models):
+    """Microscope file names are long: the dock must still fit napari's right-hand area."""
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer()
+    name = "2026-11-21 plate 3 well B07 site 4 H2B-mCherry 20x confocal stack max projection"
+    viewer.add_image(np.zeros((64, 64), np.float32), name=name)
+    viewer.add_labels(np.zeros((64, 64), np.int32), name=name + " labels")
+    widget = _widget(viewer)
+    widget.add_row()
+    widget.model_name.value = "a-model-name-that-is-also-rather-long-for-a-dock"
+    widget.result_label.value = "a-model is in /tmp/" + "x" * 120  # an unbreakable path
+    widget.status.value = "Saved a-model · best validation AP@0.5 0.812 (base model 0.640) · 2 min of training"
+    area = widget.native.findChild(QScrollArea)
+    content = area.widget() if area is not None else widget.native
+    assert content.minimumSizeHint().width() < 420
+    assert widget.rows[0].labels_layer.native.currentText() == name + " labels"  # full names kept
+
+
 def test_a_mask_without_objects_is_refused_before_any_engine_starts(
     make_napari_viewer, qtbot, models, errors
 ):

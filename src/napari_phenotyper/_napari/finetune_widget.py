@@ -41,7 +41,8 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea
 
 from ..core.features import FEATURE_GROUPS
 from ..core.finetune import BACKENDS as FINETUNE_BACKENDS
@@ -62,7 +63,7 @@ from ..core.segment.models import ModelInfo, list_models, models_dir
 from ..core.segment.registry import available
 from .engine_worker import engine_job
 from .layers import find_result_layer, source_of, upsert_labels
-from .params_form import ModelChooser
+from .params_form import ModelChooser, compact_widths
 from .workers import SegmentRequest, segment_job, start_job, user_message
 
 if TYPE_CHECKING:
@@ -359,8 +360,9 @@ class FinetuneWidget(Container):
             label="new model name", tooltip="Taken names get -v2, -v3...; nothing is overwritten"
         )
         self.name_hint = Label(value="")
+        self.name_hint.native.setWordWrap(True)
         self.keep_best = CheckBox(
-            text="keep the best model so far if cancelled",
+            text="keep the best so far if cancelled",
             value=False,
             tooltip="When you cancel after at least one epoch, save the best epoch's weights (marked 'cancelled')",
         )
@@ -396,7 +398,7 @@ class FinetuneWidget(Container):
             "Fine-tuned models of this backend, newest first (validation AP@0.5 of the kept epoch)"
         )
         self.skip_training = CheckBox(
-            text="skip the images trained on (keep their corrected labels)",
+            text="skip the training images",
             value=True,
             tooltip="Do not replace the labels you corrected and trained on with the model's prediction",
         )
@@ -404,7 +406,10 @@ class FinetuneWidget(Container):
             text="Apply to all images",
             tooltip="Re-segment every image layer with the chosen model; result layers are updated in place",
         )
-        super().__init__(
+        # napari docks a magicgui widget's ``native``, which for ``scrollable=True`` is the
+        # inner widget without its scroll area (left behind, it kept resizing the inner widget
+        # to its own 640 px, wider than the dock): the scroll area is ours, inside the dock.
+        self.form: Container[Any] = Container(
             widgets=[
                 self.backend,
                 self.base_box,
@@ -435,8 +440,16 @@ class FinetuneWidget(Container):
                 self.skip_training,
                 self.apply_button,
             ],
-            scrollable=True,
         )
+        super().__init__(labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll_area.setWidget(self.form.native)
+        self.native.layout().addWidget(self.scroll_area)
+        compact_widths(self.native)
 
         self.backend.changed.connect(self._on_backend_changed)
         self.source.changed.connect(self._on_source_changed)
@@ -519,6 +532,7 @@ class FinetuneWidget(Container):
         elif labels is not None:
             row.image_layer.value = self.source_image(labels)
         self.pairs_box.append(row)
+        compact_widths(row.native)
         return row
 
     def remove_row(self, row: _PairRow) -> None:
@@ -563,6 +577,7 @@ class FinetuneWidget(Container):
         if line is not None:
             line.setPlaceholderText("empty: train from scratch" if scratch_ok else "choose a base model")
         self.base_box.append(self.base)
+        compact_widths(self.base.native)
         self.base.combo.currentTextChanged.connect(self._on_base_changed)
         settings = default_settings(backend)
         self.epochs.value = int(settings["epochs"])
@@ -1042,7 +1057,8 @@ class FinetuneWidget(Container):
             if result.val_ap50_before is not None:
                 ap += f" (base model {result.val_ap50_before:.3f})"
         text = f"Saved {result.name}{ap} · {_duration(result.seconds)} of training"
-        self.result_label.value = f"{text}\n{result.path}"
+        self.result_label.value = f"{result.name} is in {result.path}"
+        self.result_label.tooltip = str(result.path)
         self.status.value = text
         self._notify_model_saved(result.backend, result.name)
 
@@ -1056,9 +1072,10 @@ class FinetuneWidget(Container):
         if new:
             kept = new[0]
             self.status.value = f"Cancelled; the best model so far was kept as {kept.name}."
-            self.result_label.value = (
-                f"Kept {kept.name} (cancelled run){'' if kept.path is None else chr(10) + str(kept.path)}"
+            self.result_label.value = f"Kept {kept.name} (cancelled run)" + (
+                "" if kept.path is None else f" in {kept.path}"
             )
+            self.result_label.tooltip = "" if kept.path is None else str(kept.path)
             self._notify_model_saved(backend, kept.name)
         else:
             self.status.value = "Cancelled; no model was saved."

@@ -18,9 +18,18 @@ from magicgui.widgets import (
     SpinBox,
     Widget,
 )
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtGui import QBrush, QPalette
-from qtpy.QtWidgets import QComboBox, QFileDialog, QStyledItemDelegate, QStyleOptionViewItem
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QFileDialog,
+    QLabel,
+    QSizePolicy,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QWidget,
+)
 
 from ..core.params import FieldSpec, field_specs
 from ..core.segment.models import ModelInfo, list_models, models_dir
@@ -217,6 +226,7 @@ class ModelChooser(Container):
         row.margins = (0, 0, 0, 0)
         row.native.layout().insertWidget(0, self.combo, 1)  # a plain Qt combo: magicgui never resets it
         self.detail = Label(value="")  # the current model's kind and availability (details: tooltip)
+        self.detail.native.setWordWrap(True)
         super().__init__(widgets=[row, self.detail], labels=False, label=label, tooltip=tooltip)
         self.margins = (0, 0, 0, 0)
         self.combo.currentTextChanged.connect(self._on_text)
@@ -330,3 +340,27 @@ class ModelChooser(Container):
         if chosen.name == "model.json":  # a fine-tuned model folder: the folder is the model
             chosen = chosen.parent
         self.value = str(chosen)
+
+
+def compact_widths(root: QWidget, min_chars: int = 10) -> None:
+    """Let a dock be narrow whatever the names it shows.
+
+    Combo boxes size to ``min_chars`` characters instead of their longest item (layer
+    names from a microscope, model paths: the full text stays in the drop-down), and
+    word-wrapped labels wrap to the dock's width instead of widening it (an unbreakable
+    path is cut at the edge; keep it in the label's tooltip too). Call again after
+    adding widgets.
+    """
+    for combo in root.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        if combo.minimumContentsLength() == 0:
+            combo.setMinimumContentsLength(min_chars)
+        # Qt keeps the minimum size hint it computed from the items before; a style
+        # change is what makes a combo box forget it
+        QApplication.sendEvent(combo, QEvent(QEvent.Type.StyleChange))
+        combo.updateGeometry()
+    for label in root.findChildren(QLabel):
+        if label.wordWrap():
+            policy = label.sizePolicy()
+            policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+            label.setSizePolicy(policy)
