@@ -38,7 +38,7 @@ from ..core.segment import get_segmenter
 from ..core.segment.registry import available
 from ..io.pipeline_file import load_pipeline, save_pipeline
 from ..io.tables import parquet_available
-from .params_form import ParamsForm
+from .params_form import ParamsForm, compact_widths
 from .segment_widget import SegmentWidget
 from .table_widget import DataFrameModel
 from .workers import start_job, user_message
@@ -228,6 +228,7 @@ class BatchWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self._on_segmenter_changed(self.segmenter.value)
+        compact_widths(self.native)  # long layer names must not widen the dock
 
     # ---- the pipeline form ---------------------------------------------------------
     def _on_segmenter_changed(self, name: str | None) -> None:
@@ -242,6 +243,7 @@ class BatchWidget(Container):
             return
         self.form = ParamsForm(seg.params_type)
         self.params_box.append(self.form)
+        compact_widths(self.form.native)
         self._can_estimate = hasattr(seg, "estimate_diameter") and "diameter" in self.form.editors
         self.auto_diameter.visible = self._can_estimate
         self._sync_diameter()

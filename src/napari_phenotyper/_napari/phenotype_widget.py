@@ -61,6 +61,7 @@ from ..core.classify.model import CLASSIFIERS, FEATURE_GROUP_NAMES, ClassifierSe
 from ..core.classify.query import STRATEGIES
 from ..core.classify.transfer import transfer_annotations
 from .layers import META_KEY, features_for_layer, fly_to_cell, source_of, table_of
+from .params_form import compact_widths
 from .phenotype_view import VIEW_ROLE, find_view, update_view
 from .workers import start_job, user_message
 
@@ -155,6 +156,7 @@ class PhenotypeWidget(QWidget):
         self._bind_keys(self.viewer)
         self._sync_layers()
         self._refresh_classes()
+        compact_widths(self)  # long layer names must not widen the dock
 
     # ---- UI ------------------------------------------------------------------------
     def _build(self) -> None:

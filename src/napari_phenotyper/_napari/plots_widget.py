@@ -76,6 +76,7 @@ from ..core.embedding import (
 from ..core.progress import run
 from ..io.atomic import atomic_path
 from .layers import META_KEY, source_of, table_of
+from .params_form import compact_widths
 from .phenotype_view import VIEW_ROLE
 from .phenotype_widget import PhenotypeWidget
 from .workers import start_job, user_message
@@ -300,6 +301,7 @@ class PlotsWidget(QWidget):
             event.connect(self._on_layers_changed)
         self.sync_with_phenotypes(redraw=False)
         self._set_layer(self.layer_combo.value)
+        compact_widths(self)  # long layer names must not widen the dock
 
     # ---- UI ------------------------------------------------------------------------
     def _build(self) -> None:

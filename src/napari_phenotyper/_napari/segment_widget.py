@@ -26,7 +26,7 @@ from ..core.segment import get_segmenter
 from ..core.segment.models import BACKENDS as MODEL_BACKENDS
 from ..core.segment.registry import BUILTIN, available
 from .layers import upsert_labels
-from .params_form import ModelChooser, ParamsForm
+from .params_form import ModelChooser, ParamsForm, compact_widths
 from .workers import SegmentRequest, segment_job, start_job, user_message
 
 if TYPE_CHECKING:
@@ -143,6 +143,7 @@ class SegmentWidget(Container):
             event.connect(self._refresh_layers)
         self._on_segmenter_changed(self.segmenter.value)
         self._on_image_changed(self.image.value)
+        compact_widths(self.native)  # long layer names must not widen the dock
 
     # ---- choices -------------------------------------------------------------------
     def _image_choices(self, _w: Any = None) -> list[tuple[str, Image]]:
@@ -184,6 +185,7 @@ class SegmentWidget(Container):
         editors = {"model": self._model_editor} if name in MODEL_BACKENDS else None
         self.form = ParamsForm(self._segmenter_obj.params_type, editors=editors)
         self.params_box.append(self.form)
+        compact_widths(self.form.native)
         can = hasattr(self._segmenter_obj, "estimate_diameter") and "diameter" in self.form.editors
         self.estimate.visible = self.auto_diameter.visible = can
         self._sync_diameter_editor()
