@@ -185,28 +185,20 @@ class DaskExecutor:
         try:
             while pending:
                 try:
-                    batch = [done.get(timeout=self.poll_s)]
+                    fut = done.get(timeout=self.poll_s)
                 except queue.Empty:
                     yield None
                     continue
-                while True:
-                    try:
-                        batch.append(done.get_nowait())
-                    except queue.Empty:
-                        break
-                for fut in batch:
-                    if fut not in pending:
-                        continue
-                    pending.discard(fut)
-                    job = futures[fut]
-                    if fut.status == "finished":
-                        value: Any = fut.result()
-                    else:
-                        value = (
-                            fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}")
-                        )
-                    fut.release()
-                    yield job, value
+                if fut not in pending:  # already handled
+                    continue
+                pending.discard(fut)
+                job = futures[fut]
+                if fut.status == "finished":
+                    value: Any = fut.result()
+                else:
+                    value = fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}")
+                fut.release()
+                yield job, value
         finally:
             if pending:
                 client.cancel(list(pending))
@@ -250,15 +242,7 @@ def _default_of(key: str) -> Any:
     import dask.config
     import distributed.config  # noqa: F401  (registers distributed's defaults)
 
-    for defaults in dask.config.defaults:
-        try:
-            value: Any = defaults
-            for part in key.split("."):
-                value = value[part]
-        except (KeyError, TypeError):
-            continue
-        return value
-    return None
+    return dask.config.get(key, default=None, config=dask.config.merge(*dask.config.defaults))
 
 
 def warm_up_worker() -> int:
