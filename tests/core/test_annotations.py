@@ -92,3 +92,24 @@ def test_annotations_follow_a_resegmentation():
     store.apply_transfer("img", result)
     assert store.annotations("img") == {8: "c"} and store.annotations("other") == {1: "c"}
     assert list(result.lost) == [2]
+
+
+def test_autosave_creates_a_missing_session_folder(tmp_path):
+    """A new user has no ``~/.napari-phenotyper/sessions``: the first change makes it."""
+    path = tmp_path / "home" / ".napari-phenotyper" / "sessions" / "session.json"
+    store = AnnotationStore(path)
+    store.add_class("mitotic")
+    store.register_image("img", layer="img")
+    store.annotate("img", 3, "mitotic")
+    assert path.is_file() and store.save_error is None
+    assert AnnotationStore.load(path).get("img", 3) == "mitotic"
+
+
+def test_a_failed_autosave_keeps_the_annotation_and_says_why(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the session folder should be")
+    store = AnnotationStore(blocker / "session.json")
+    store.add_class("a")
+    store.annotate("img", 1, "a")
+    assert store.get("img", 1) == "a"
+    assert store.save_error is not None and "Could not autosave" in store.save_error

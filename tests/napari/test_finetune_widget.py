@@ -198,7 +198,9 @@ def test_long_layer_names_do_not_widen_the_dock(make_napari_viewer, models):
     widget.add_row()
     widget.model_name.value = "a-model-name-that-is-also-rather-long-for-a-dock"
     widget.result_label.value = "a-model is in /tmp/" + "x" * 120  # an unbreakable path
-    widget.status.value = "Saved a-model · best validation AP@0.5 0.812 (base model 0.640) · 2 min of training"
+    widget.status.value = (
+        "Saved a-model · best validation AP@0.5 0.812 (base model 0.640) · 2 min of training"
+    )
     area = widget.native.findChild(QScrollArea)
     content = area.widget() if area is not None else widget.native
     assert content.minimumSizeHint().width() < 420

@@ -269,3 +269,30 @@ def test_saved_classifier_predicts_on_a_new_image(setup, qtbot, make_napari_view
     for w in (w2, w3):
         w.close_session()
         qtbot.waitUntil(lambda w=w: w._worker is None and w._quality_worker is None, timeout=30000)
+
+
+def test_after_next_cell_the_key_answers_the_proposal_until_the_mouse_moves(setup, qtbot):
+    """Mouse resting on one cell, N flies the camera elsewhere: the class key must go to
+    the proposed cell, not to whatever now lies under the unmoved mouse."""
+    viewer, labels, widget, kinds, _ = setup
+    widget.auto_next.setChecked(False)
+    for lab in (1, 2, 3, 4):
+        widget.annotate(labels, lab, kinds[lab])
+    _wait_trained(widget, qtbot)
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=20000)
+    first = widget.proposals(1)[0].label
+    resting = next(lab for lab in (40, 41, 42) if lab != first)
+    _point_at(viewer, labels, resting)
+    _press(viewer, qtbot, "n")
+    proposed = widget.current[1]
+    assert proposed != resting
+    _press(viewer, qtbot, "2")
+    key = widget.key_of(labels)
+    assert widget.store.get(key, proposed) == "big"
+    assert widget.store.get(key, resting) is None
+    # once the mouse moves, keys go to the cell under it again
+    other = next(lab for lab in kinds if lab not in (1, 2, 3, 4, proposed, resting))
+    _point_at(viewer, labels, other)
+    _press(viewer, qtbot, "1")
+    assert widget.store.get(key, other) == "small"
+    assert widget.store.get(key, proposed) == "big"

@@ -121,6 +121,9 @@ class PhenotypeWidget(QWidget):
         self.quality: dict[str, Any] | None = None
         self.importances: pd.Series | None = None
         self.current: tuple[Labels, int] | None = None  # the proposed / selected cell
+        # where the cursor was when the camera flew to the proposal: until the mouse moves
+        # away from there, class keys answer the proposal, not the cell under the resting mouse
+        self._proposal_cursor: tuple[float, ...] | None = None
         self.lost: list[tuple[str, int, Any]] = []  # annotations lost in the last transfer
         self.extra: tuple[pd.DataFrame, list[Any]] | None = None  # training set of a loaded classifier
         self._tables: dict[int, pd.DataFrame] = {}  # layer id -> feature table (no pheno columns)
@@ -356,6 +359,8 @@ class PhenotypeWidget(QWidget):
         return "label" in layer.features.columns and len(layer.features) > 0
 
     def _set_status(self, text: str) -> None:
+        if self.store.save_error:
+            text = f"{text}\n⚠ {self.store.save_error}; your annotations are kept in memory: use *Save session as…*."
         self.status.setText(text)
 
     # ---- layers --------------------------------------------------------------------
@@ -601,7 +606,17 @@ class PhenotypeWidget(QWidget):
         return None
 
     def target_cell(self) -> tuple[Labels, int] | None:
-        """The cell a key press applies to: under the cursor, else the proposed/selected one."""
+        """The cell a key press applies to.
+
+        Right after a proposal (*Next cell*, a queue item) it is the proposed cell until the
+        mouse actually moves: the camera flew under a resting mouse, so the cell that now
+        happens to lie under it was never pointed at. Otherwise the cell under the cursor,
+        else the proposed/selected one.
+        """
+        if self.current is not None and self._proposal_cursor is not None:
+            if tuple(np.asarray(self.viewer.cursor.position, dtype=float)) == self._proposal_cursor:
+                return self.current
+            self._proposal_cursor = None
         return self.cell_under_cursor() or self.current
 
     def annotate_current(self, cls: str | None = None, value: float | None = None) -> None:
@@ -1054,6 +1069,7 @@ class PhenotypeWidget(QWidget):
         )
         world = fly_to_cell(self.viewer, layer, table, proposal.label, zoom_to=12 * max(diameter, 4.0))
         self.current = (layer, proposal.label)
+        self._proposal_cursor = tuple(np.asarray(self.viewer.cursor.position, dtype=float))
         layer.selected_label = proposal.label
         self._highlight(layer, world, diameter)
         guess = f", predicted {proposal.predicted}" if proposal.predicted else ""

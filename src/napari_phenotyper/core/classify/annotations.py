@@ -70,6 +70,8 @@ class AnnotationStore:
         self._values: dict[tuple[str, int], float] = {}
         self.images: dict[str, dict[str, Any]] = {}
         self.settings: dict[str, Any] = {}
+        #: Why the last autosave failed (``None`` when it worked).
+        self.save_error: str | None = None
 
     # ---- classes ---------------------------------------------------------------------
     @property
@@ -260,11 +262,20 @@ class AnnotationStore:
         }
 
     def _changed(self) -> None:
-        if self.path is not None:
+        if self.path is None:
+            return
+        try:
             self.save(self.path)
+        except OSError as exc:
+            # the change stays in memory; the GUI reports it (a read-only or full disk must
+            # not make a key press fail or lose the annotation)
+            self.save_error = f"Could not autosave the session to {self.path}: {exc}"
+        else:
+            self.save_error = None
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the session as JSON, atomically."""
+        """Write the session as JSON, atomically (its folder is created when missing)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
