@@ -296,3 +296,81 @@ def test_after_next_cell_the_key_answers_the_proposal_until_the_mouse_moves(setu
     _press(viewer, qtbot, "1")
     assert widget.store.get(key, other) == "small"
     assert widget.store.get(key, proposed) == "big"
+
+
+def _ring(viewer):
+    return [lay for lay in viewer.layers if lay.name == "proposed cell"]
+
+
+def test_quality_and_importances_go_when_every_annotation_is_cleared(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in (1, 2, 3, 4, 5, 6):
+        widget.annotate(labels, lab, kinds[lab])
+    widget.retrain(full=True)
+    _wait_trained(widget, qtbot)
+    widget.start_quality()
+    qtbot.waitUntil(lambda: widget.quality is not None and widget._quality_worker is None, timeout=30000)
+    assert widget.confusion.rowCount() == 2 and widget.importance_label.text()
+    for lab in (1, 2, 3, 4, 5, 6):
+        widget.annotate(labels, lab, None)
+    widget.retrain()
+    _wait_trained(widget, qtbot)
+    assert widget.result is None and widget.quality is None and widget.importances is None
+    assert widget.confusion.rowCount() == 0 and widget.importance_label.text() == ""
+    assert "pheno_class" not in labels.features.columns
+
+
+def test_switching_to_values_drops_class_proposals_and_the_ring(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in (1, 2, 3, 4):
+        widget.annotate(labels, lab, kinds[lab])
+    _wait_trained(widget, qtbot)
+    widget.fill_queue()
+    widget.next_cell()
+    assert widget.queue.count() > 0 and _ring(viewer)
+    widget.mode.setCurrentIndex(widget.mode.findData("regression"))
+    assert widget.queue.count() == 0 and widget.current is None and not _ring(viewer)
+
+
+def test_re_measuring_removes_the_proposal_ring(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in (1, 2, 3, 4):
+        widget.annotate(labels, lab, kinds[lab])
+    _wait_trained(widget, qtbot)
+    widget.next_cell()
+    assert _ring(viewer) and widget.current is not None
+    image = viewer.layers["cells"].data
+    upsert_labels(
+        viewer,
+        viewer.layers["cells"],
+        labels.data,
+        compute_features(labels.data, {"image": image}),
+        {"backend": "test"},
+    )
+    assert not _ring(viewer) and widget.current is None
+
+
+def test_closing_an_image_removes_its_counts_and_predictions(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    image2, labels2, kinds2 = _cells(seed=1)
+    img2 = viewer.add_image(image2, name="cells 2")
+    lab2 = upsert_labels(
+        viewer, img2, labels2, compute_features(labels2, {"image": image2}), {"backend": "test"}
+    )
+    for lab in (1, 2, 3, 4):
+        widget.annotate(labels, lab, kinds[lab])
+    smalls = [lab for lab, k in kinds2.items() if k == "small"][:2]
+    bigs = [lab for lab, k in kinds2.items() if k == "big"][:1]
+    for lab in smalls + bigs:
+        widget.annotate(lab2, lab, kinds2[lab])
+    widget.retrain(full=True)
+    _wait_trained(widget, qtbot)
+    qtbot.waitUntil(lambda: widget.result is not None and len(widget.result.predictions) == 2, timeout=20000)
+    viewer.layers.remove(labels)
+    _wait_trained(widget, qtbot)
+    qtbot.waitUntil(lambda: widget.result is not None and len(widget.result.predictions) == 1, timeout=20000)
+    texts = [widget.class_list.item(i).text() for i in range(widget.class_list.count())]
+    assert texts[0].startswith("1: small  —  2 annotated") and texts[1].startswith("2: big  —  1 annotated")
+    n_pred = sum(int(t.split(", ")[1].split()[0]) for t in texts)
+    assert n_pred == len(lab2.features)
+    assert set(widget.result.predictions) == {widget.key_of(lab2)}

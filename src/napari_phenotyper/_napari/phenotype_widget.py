@@ -378,6 +378,7 @@ class PhenotypeWidget(QWidget):
             view = find_view(self.viewer, layer)
             if view is not None:
                 self.viewer.layers.remove(view)
+            self._forget_layer(layer)
         for layer in list(self.viewer.layers):
             if id(layer) in self._tracked:
                 continue
@@ -391,6 +392,19 @@ class PhenotypeWidget(QWidget):
                 self._bind_keys(layer)
                 self._adopt(layer)
         self.cache.forget([self.key_of(lay) for lay in self._tracked.values()])
+
+    def _forget_layer(self, layer: Labels) -> None:
+        """A layer left the viewer: nothing shown may still describe it."""
+        key = self._keys.pop(id(layer), None) or layer_key(layer)
+        if self.result is not None:
+            self.result.predictions.pop(key, None)
+        if self.current is not None and self.current[0] is layer:
+            self.clear_proposal()
+        for i in reversed(range(self.queue.count())):
+            if self.queue.item(i).data(Qt.ItemDataRole.UserRole).image == key:
+                self.queue.takeItem(i)
+        self._refresh_classes()
+        self._schedule()
 
     def _adopt(self, layer: Labels) -> None:
         """Take a (re)measured layer's table; keep our annotations on it."""
@@ -415,6 +429,8 @@ class PhenotypeWidget(QWidget):
         layer = event.source
         self._adopt(layer)
         self._invalidate(layer)
+        if self.current is not None and self.current[0] is layer:
+            self.clear_proposal()
         self._schedule()
 
     def _on_data(self, event: Any) -> None:
@@ -457,6 +473,29 @@ class PhenotypeWidget(QWidget):
         if self.result is not None:
             self.result.predictions.pop(self.key_of(layer), None)
 
+    def clear_derived(self, why: str = "") -> None:
+        """Forget everything derived from the annotations (model, predictions, quality,
+        importances, proposals, the proposal ring) and clear their views: called whenever
+        those inputs no longer support them, so that no view can show a stale state."""
+        self.result = None
+        self.quality = None
+        self.importances = None
+        self.confusion.setRowCount(0)
+        self.confusion.setColumnCount(0)
+        self.importance_label.setText("")
+        if why:
+            self.quality_label.setText(why)
+        self.clear_proposal()
+        self.queue.clear()
+
+    def clear_proposal(self) -> None:
+        """Drop the proposed cell and remove its ring."""
+        self.current = None
+        self._proposal_cursor = None
+        for lay in list(self.viewer.layers):
+            if isinstance(lay, Points) and source_of(lay).get("role") == "proposal":
+                self.viewer.layers.remove(lay)
+
     # ---- classes -------------------------------------------------------------------
     def add_class(self, name: str, color: str | None = None) -> None:
         self.store.add_class(name, color)
@@ -497,7 +536,8 @@ class PhenotypeWidget(QWidget):
     def _refresh_classes(self) -> None:
         current = self.selected_class()
         predicted = self._predicted_counts()
-        annotated = self.store.counts()
+        open_keys = [self.key_of(lay) for lay in self.layers() if id(lay) in self._tables]
+        annotated = self.store.counts(images=open_keys)
         self.class_list.clear()
         for k, cls in enumerate(self.store.classes):
             key = f"{k + 1}: " if k < 9 else ""
@@ -817,8 +857,9 @@ class PhenotypeWidget(QWidget):
         self.class_box.setVisible(not regression)
         self.value_box.setVisible(regression)
         self._remember_settings()
-        self.result = None
+        self.clear_derived()
         self._write_all()
+        self._refresh_classes()
         self._schedule()
 
     def _schedule(self) -> None:
@@ -879,10 +920,9 @@ class PhenotypeWidget(QWidget):
             return
         why = self.ready_to_train()
         if why is not None:
-            self.result = None
+            self.clear_derived(why)
             self._write_all()
             self._refresh_classes()
-            self.quality_label.setText(why)
             return
         try:
             settings = self.settings()

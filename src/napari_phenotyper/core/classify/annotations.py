@@ -207,9 +207,14 @@ class AnnotationStore:
     def count(self, class_name: str) -> int:
         return sum(1 for c in self._cells.values() if c == class_name)
 
-    def counts(self) -> dict[str, int]:
-        """Annotations per class (every class listed, zeros included)."""
-        got = Counter(self._cells.values())
+    def counts(self, images: Iterable[str] | None = None) -> dict[str, int]:
+        """Annotations per class (every class listed, zeros included), of ``images`` only
+        when given (e.g. the images open in the viewer)."""
+        if images is None:
+            got = Counter(self._cells.values())
+        else:
+            keep = {str(i) for i in images}
+            got = Counter(c for (img, _), c in self._cells.items() if img in keep)
         return {name: got.get(name, 0) for name in self._classes}
 
     def apply_transfer(self, image: str, result: TransferResult) -> None:
