@@ -374,3 +374,152 @@ def test_closing_an_image_removes_its_counts_and_predictions(setup, qtbot):
     n_pred = sum(int(t.split(", ")[1].split()[0]) for t in texts)
     assert n_pred == len(lab2.features)
     assert set(widget.result.predictions) == {widget.key_of(lab2)}
+
+
+def _relabel(labels, drop=()):
+    """The same cells under other label ids (a different segmenter's numbering), some gone."""
+    rng = np.random.default_rng(5)
+    ids = np.unique(labels[labels > 0])
+    new_ids = rng.permutation(ids) + 100
+    lut = np.zeros(labels.max() + 1, np.int32)
+    lut[ids] = new_ids
+    out = lut[labels]
+    for lab in drop:
+        out[labels == lab] = 0
+    return out, dict(zip(ids.tolist(), new_ids.tolist(), strict=True))
+
+
+def _remeasure(viewer, labels_array):
+    image = viewer.layers["cells"]
+    return upsert_labels(
+        viewer,
+        image,
+        labels_array,
+        compute_features(labels_array, {"image": image.data}),
+        {"backend": "test"},
+    )
+
+
+def test_a_session_restored_onto_another_segmentation_follows_the_cells(
+    setup, qtbot, make_napari_viewer, tmp_path
+):
+    viewer, labels, widget, kinds, _ = setup
+    given = {lab: kinds[lab] for lab in (1, 2, 3, 4, 5, 6, 7, 8)}
+    for lab, kind in given.items():
+        widget.annotate(labels, lab, kind)
+    widget.save_session(tmp_path / "mine.json")
+    original = np.array(labels.data)
+    # another day: the same image, segmented by another method (other ids, cell 8 missed)
+    other, mapping = _relabel(original, drop=(8,))
+    viewer2 = make_napari_viewer()
+    img2 = viewer2.add_image(viewer.layers["cells"].data, name="cells")
+    lab2 = upsert_labels(
+        viewer2, img2, other, compute_features(other, {"image": img2.data}), {"backend": "x"}
+    )
+    widget2 = PhenotypeWidget(viewer2, session_path=tmp_path / "other.json")
+    key = widget2.key_of(lab2)
+    assert key == widget.key_of(labels)
+    widget2.open_session(tmp_path / "mine.json")
+    got = widget2.store.annotations(key)
+    assert got == {mapping[lab]: kind for lab, kind in given.items() if lab != 8}
+    assert [r.label for r in widget2.store.lost(key)] == [8]
+    assert "7 moved" in widget2.status.text() and "1 lost" in widget2.status.text()
+    widget2.close_session()
+    qtbot.waitUntil(lambda: widget2._worker is None and widget2._quality_worker is None, timeout=30000)
+
+
+def test_another_segmenter_keeps_lost_annotations_and_gives_them_back(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    given = {lab: kinds[lab] for lab in range(1, 11)}
+    for lab, kind in given.items():
+        widget.annotate(labels, lab, kind)
+    original = np.array(labels.data)
+    missing = (2, 4, 6, 8, 10)
+    other, mapping = _relabel(original, drop=missing)
+    _remeasure(viewer, other)
+    key = widget.key_of(labels)
+    assert widget.store.annotations(key) == {mapping[lab]: given[lab] for lab in given if lab not in missing}
+    lost = widget.store.lost(key)
+    assert sorted(r.label for r in lost) == list(missing)
+    points = [lay for lay in viewer.layers if lay.name == "cells labels lost annotations"]
+    assert points and len(points[0].data) == 5
+    assert "5 lost annotation" in widget.lost_label.text()
+    # the session file keeps them
+    saved = json.loads(widget.store.path.read_text())
+    assert len(saved["lost"]) == 5 and len(saved["annotations"]) == 5
+    # back to the first segmentation: every annotation is back on its cell
+    _remeasure(viewer, original)
+    assert widget.store.annotations(key) == given
+    assert widget.store.lost() == [] and not [lay for lay in viewer.layers if "lost annotations" in lay.name]
+
+
+def test_re_attach_lost_annotations_onto_the_cells_under_their_points(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    for lab in (1, 2, 3):
+        widget.annotate(labels, lab, kinds[lab])
+    original = np.array(labels.data)
+    shrunk = original.copy()
+    shrunk[(original == 2) & (np.roll(original, 4, axis=1) != 2)] = 0  # cell 2 shrinks below IoU 0.5
+    shrunk[(original == 2) & (np.roll(original, -4, axis=1) != 2)] = 0
+    shrunk[(original == 2) & (np.roll(original, 4, axis=0) != 2)] = 0
+    shrunk[(original == 2) & (np.roll(original, -4, axis=0) != 2)] = 0
+    _remeasure(viewer, shrunk)
+    key = widget.key_of(labels)
+    if not widget.store.lost(key):
+        pytest.skip("the shrunk cell still overlaps by half")
+    assert widget.store.get(key, 2) is None
+    assert widget.reattach_under_points() == 1
+    assert widget.store.get(key, 2) == kinds[2] and not widget.store.lost()
+
+
+def test_ctrl_z_undoes_and_ctrl_shift_z_redoes_annotations(setup, qtbot):
+    viewer, labels, widget, kinds, _ = setup
+    widget.auto.setChecked(False)
+    for lab in (1, 2, 3):
+        _point_at(viewer, labels, lab)
+        _press(viewer, qtbot, "1")
+    key = widget.key_of(labels)
+    assert set(widget.store.annotations(key)) == {1, 2, 3}
+    _press(viewer, qtbot, "Control-Z")
+    _press(viewer, qtbot, "Control-Z")
+    assert set(widget.store.annotations(key)) == {1}
+    assert labels.features.set_index("label")["pheno_annotation"].notna().sum() == 1
+    _press(viewer, qtbot, "Control-Shift-Z")
+    assert set(widget.store.annotations(key)) == {1, 2}
+    # while painting, Ctrl+Z stays napari's own paint undo
+    labels.mode = "paint"
+    labels.selected_label = 5
+    labels.paint((3, 3), 5)
+    assert labels.data[3, 3] == 5
+    _press(viewer, qtbot, "Control-Z")
+    assert labels.data[3, 3] != 5 and set(widget.store.annotations(key)) == {1, 2}
+
+
+def test_segment_dock_asks_before_a_run_that_would_lose_annotations(setup, qtbot, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    from napari_phenotyper._napari.segment_widget import SegmentWidget
+    from napari_phenotyper.core.pipeline import SegmentResult
+
+    viewer, labels, widget, kinds, _ = setup
+    for lab in range(1, 11):
+        widget.annotate(labels, lab, kinds[lab])
+    seg = SegmentWidget(viewer)
+    empty = np.zeros_like(labels.data)
+    empty[:30, :30] = 1
+    result = SegmentResult(
+        empty,
+        compute_features(empty, {"image": viewer.layers["cells"].data}),
+        {"backend": "x", "segmenter": "x", "segment_seconds": 0.0, "measure_seconds": 0.0},
+    )
+    asked = []
+    monkeypatch.setattr(
+        QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No
+    )
+    seg._on_returned(viewer.layers["cells"], result)
+    assert asked and labels.data.max() == ROWS * COLS  # refused: nothing changed
+    assert len(widget.store.annotations(widget.key_of(labels))) == 10
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    seg._on_returned(viewer.layers["cells"], result)
+    assert labels.data.max() == 1
+    assert len(widget.store.lost(widget.key_of(labels))) >= 9

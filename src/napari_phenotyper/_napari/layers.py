@@ -12,6 +12,7 @@ __all__ = [
     "META_KEY",
     "camera",
     "cell_world_position",
+    "docked_widgets",
     "features_for_layer",
     "find_result_layer",
     "fly_to_cell",
@@ -47,6 +48,15 @@ def source_of(layer: Layer) -> dict[str, Any]:
     """Our provenance dictionary of ``layer`` (empty if not ours)."""
     meta = layer.metadata.get(META_KEY)
     return meta if isinstance(meta, dict) else {}
+
+
+def docked_widgets(viewer: Any) -> list[Any]:
+    """The widgets docked in the viewer's window (the inner widgets, any napari version)."""
+    window = getattr(viewer, "window", None)
+    docks = getattr(window, "dock_widgets", None)  # recent napari: the inner widgets
+    if docks is None:  # older napari: the dock wrappers
+        docks = {k: d.widget() for k, d in getattr(window, "_dock_widgets", {}).items()}
+    return list(dict(docks).values())
 
 
 def find_result_layer(viewer: Any, source: Image) -> Labels | None:

@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.classify.annotations import AnnotationStore
+from ..core.classify.annotations import AnnotationStore, LostAnnotation, ReconcileReport
 from ..core.classify.engine import (
     MatrixCache,
     Proposal,
@@ -57,10 +57,12 @@ from ..core.classify.engine import (
     iter_train_predict,
     propose,
 )
+from ..core.classify.geometry import CellShape, cell_shape
 from ..core.classify.model import CLASSIFIERS, FEATURE_GROUP_NAMES, ClassifierSettings
 from ..core.classify.query import STRATEGIES
 from ..core.classify.transfer import transfer_annotations
 from .layers import META_KEY, features_for_layer, fly_to_cell, source_of, table_of
+from .lost_view import find_lost_layer, update_lost_layer
 from .params_form import compact_widths
 from .phenotype_view import VIEW_ROLE, find_view, update_view
 from .workers import start_job, user_message
@@ -84,6 +86,10 @@ DISPLAY_MODES = {
     "value": "Values (colour map)",
 }
 CLASS_KEYS = [str(k) for k in range(1, 10)]
+UNDO_KEYS = ("Control-Z", "Control-Shift-Z", "Control-Y")
+#: A segmentation run that would lose more annotations than this asks first.
+ASK_WHEN_LOSING = 3
+_PAINT_MODES = ("paint", "erase", "fill", "polygon")
 
 
 def default_session_path() -> Path:
@@ -194,6 +200,24 @@ class PhenotypeWidget(QWidget):
             row.addWidget(b)
         lay.addLayout(row)
         root.addWidget(self.class_box)
+
+        # undo / redo, lost annotations
+        urow = QHBoxLayout()
+        self.undo_btn = QPushButton("Undo (Ctrl+Z)")
+        self.undo_btn.clicked.connect(self.undo)
+        self.redo_btn = QPushButton("Redo (Ctrl+Shift+Z)")
+        self.redo_btn.clicked.connect(self.redo)
+        self.reattach_btn = QPushButton("Re-attach lost")
+        self.reattach_btn.setToolTip(
+            "Put each lost annotation (an x in its class colour) on the cell now under it"
+        )
+        self.reattach_btn.clicked.connect(self.reattach_under_points)
+        for b in (self.undo_btn, self.redo_btn, self.reattach_btn):
+            urow.addWidget(b)
+        root.addLayout(urow)
+        self.lost_label = QLabel("")
+        self.lost_label.setWordWrap(True)
+        root.addWidget(self.lost_label)
 
         # values
         self.value_box = QGroupBox("Values (keys 1-9: from min to max, 0 / Backspace clear)")
@@ -375,9 +399,9 @@ class PhenotypeWidget(QWidget):
             layer.events.data.disconnect(self._on_data)
             if hasattr(layer.events, "paint"):
                 layer.events.paint.disconnect(self._on_paint)
-            view = find_view(self.viewer, layer)
-            if view is not None:
-                self.viewer.layers.remove(view)
+            for extra in (find_view(self.viewer, layer), find_lost_layer(self.viewer, layer)):
+                if extra is not None:
+                    self.viewer.layers.remove(extra)
             self._forget_layer(layer)
         for layer in list(self.viewer.layers):
             if id(layer) in self._tracked:
@@ -421,7 +445,135 @@ class PhenotypeWidget(QWidget):
         key = self.key_of(layer)
         if key not in self.store.images:
             self.store.register_image(key, path=source_of(layer).get("source_path"), layer=layer.name)
+        if self.store.annotated_labels(key) or self.store.lost(key):
+            report = self.store.reconcile(key, layer.data, self._areas(layer))
+            if report.changed:
+                self._set_status(f"{layer.name}: annotations checked against its cells: {report.summary()}.")
+                self._invalidate(layer)
+                self._refresh_classes()
         self._write_features(layer)
+        self._show_lost(layer)
+
+    # ---- geometry and lost annotations ---------------------------------------------
+    def _areas(self, layer: Labels) -> dict[int, int] | None:
+        table = self._tables.get(id(layer))
+        if table is None or "area" not in table.columns:
+            return None
+        return dict(zip(table["label"].astype(int).tolist(), table["area"].astype(int).tolist(), strict=True))
+
+    def _shape_for(self, layer: Labels, label: int, data: Any = None) -> CellShape | None:
+        """The geometry of one cell (the table's bounding box saves a scan of the image)."""
+        arr = np.asarray(layer.data if data is None else data)
+        table = self._tables.get(id(layer))
+        bbox = None
+        if data is None and arr.ndim == 2 and table is not None and "bbox_min_y" in table.columns:
+            row = np.flatnonzero(table["label"].to_numpy() == int(label))
+            if len(row):
+                r = table.iloc[int(row[0])]
+                bbox = (
+                    (int(r["bbox_min_y"]), int(r["bbox_min_x"])),
+                    (int(r["bbox_max_y"]), int(r["bbox_max_x"])),
+                )
+        return cell_shape(arr, int(label), bbox)
+
+    def _show_lost(self, layer: Labels) -> None:
+        lost = self.store.lost(self.key_of(layer))
+        colors = {c.name: c.color for c in self.store.classes}
+        self._writing = True
+        try:
+            update_lost_layer(self.viewer, layer, lost, colors)
+        finally:
+            self._writing = False
+        n = len(self.store.lost())
+        self.lost_label.setText(
+            f"{n} lost annotation(s): their cells are not in the current segmentation. They are kept "
+            "(x marks), come back by themselves when a segmentation has their cell again, or with "
+            "*Re-attach lost*."
+            if n
+            else ""
+        )
+        self.reattach_btn.setEnabled(n > 0)
+
+    def _show_all_lost(self) -> None:
+        for lay in self.layers():
+            self._show_lost(lay)
+
+    def would_lose(self, layer: Labels, new_labels: np.ndarray) -> tuple[int, int]:
+        """How many of ``layer``'s annotations new labels would keep track of: returns
+        ``(annotated, lost)`` (the Segment & measure dock asks before losing many)."""
+        if id(layer) not in self._tracked:
+            return 0, 0
+        annotated = self.store.annotated_labels(self.key_of(layer))
+        if not annotated:
+            return 0, 0
+        old = np.asarray(layer.data)
+        new = np.asarray(new_labels)
+        if old.shape != new.shape:
+            return len(annotated), len(annotated)
+        return len(annotated), len(transfer_annotations(old, new, annotated).lost)
+
+    def reattach_under_points(self) -> int:
+        """Put every lost annotation on the cell now under its point; returns how many."""
+        done = 0
+        for layer in self.layers():
+            if id(layer) not in self._tables:
+                continue
+            data = np.asarray(layer.data)
+            for record in self.store.lost(self.key_of(layer)):
+                c = record.centroid
+                if c is None or len(c) != data.ndim:
+                    continue
+                idx = tuple(min(max(round(v), 0), n - 1) for v, n in zip(c, data.shape, strict=True))
+                label = int(data[idx])
+                if label > 0:
+                    done += self._attach(layer, record, label)
+        self._set_status(
+            f"Re-attached {done} lost annotation(s)." if done else "No cell under the lost points."
+        )
+        return done
+
+    def _attach(self, layer: Labels, record: LostAnnotation, label: int) -> bool:
+        if not self.store.attach_lost(record, label):
+            return False
+        self._after_store_change()
+        return True
+
+    def _after_store_change(self) -> None:
+        """Views after a change that may touch every image (undo, redo, re-attach)."""
+        for lay in self.layers():
+            self._invalidate(lay)
+        self._write_all()
+        self._show_all_lost()
+        self._refresh_classes()
+        self._schedule()
+
+    def undo(self) -> bool:
+        """Take back the last annotation change (Ctrl+Z)."""
+        if not self.store.undo():
+            self._set_status("Nothing to undo.")
+            return False
+        self._after_store_change()
+        self._set_status(f"Undone ({len(self.store)} annotations now).")
+        return True
+
+    def redo(self) -> bool:
+        """Do again what Undo took back (Ctrl+Shift+Z)."""
+        if not self.store.redo():
+            self._set_status("Nothing to redo.")
+            return False
+        self._after_store_change()
+        self._set_status(f"Redone ({len(self.store)} annotations now).")
+        return True
+
+    def _undo_key(self, redo: bool) -> Callable[[Any], None]:
+        def handler(owner: Any) -> None:
+            # while painting, Ctrl+Z stays napari's paint undo
+            if isinstance(owner, Labels) and owner.mode in _PAINT_MODES:
+                (owner.redo if redo else owner.undo)()
+                return
+            (self.redo if redo else self.undo)()
+
+        return handler
 
     def _on_features(self, event: Any) -> None:
         if self._writing:
@@ -457,13 +609,30 @@ class PhenotypeWidget(QWidget):
             result = transfer_annotations(old, new, annotated)
         if result.n_kept == len(annotated) and all(o == n for o, n in result.moved.items()):
             return
-        self.store.apply_transfer(key, result)
+        old_shapes = {
+            int(lab): sh
+            for lab in result.lost
+            if self.store.shape(key, lab) is None and (sh := cell_shape(old, int(lab))) is not None
+        }
+        new_shapes = {
+            int(n): sh for n in result.moved.values() if (sh := cell_shape(new, int(n))) is not None
+        }
+        self.store.apply_transfer(key, result, new_shapes=new_shapes, old_shapes=old_shapes)
+        back = self.store.reattach(key, new)
         self.lost = [(key, int(lab), annotated[lab]) for lab in result.lost]
         lost_txt = ", ".join(f"{lab} ({c})" for _, lab, c in self.lost[:10])
         self._set_status(
             f"{layer.name}: kept {result.n_kept} of {len(annotated)} annotations after the labels changed"
-            + (f"; lost (re-check): {lost_txt}" + (" …" if len(self.lost) > 10 else "") if self.lost else ".")
+            + (
+                f"; lost: {lost_txt}"
+                + (" …" if len(self.lost) > 10 else "")
+                + " (kept as x marks; they come back when a segmentation has their cells)"
+                if self.lost
+                else "."
+            )
+            + (f" {len(back)} annotation(s) lost earlier came back." if back else "")
         )
+        self._show_lost(layer)
         self._invalidate(layer)
         self._write_features(layer)
         self._refresh_classes()
@@ -600,6 +769,9 @@ class PhenotypeWidget(QWidget):
         owner.bind_key("0", self._key_handler(0), overwrite=True)
         owner.bind_key("Backspace", self._key_handler(0), overwrite=True)
         owner.bind_key("n", lambda _o: self.next_cell(), overwrite=True)
+        owner.bind_key("Control-Z", self._undo_key(redo=False), overwrite=True)
+        owner.bind_key("Control-Shift-Z", self._undo_key(redo=True), overwrite=True)
+        owner.bind_key("Control-Y", self._undo_key(redo=True), overwrite=True)
         self._bound.append(owner)
 
     def _key_handler(self, number: int) -> Callable[[Any], None]:
@@ -673,11 +845,12 @@ class PhenotypeWidget(QWidget):
         if table is None or not (table["label"].to_numpy() == int(label)).any():
             self._set_status(f"Cell {label} has no measurements; measure {layer.name} first.")
             return
+        shape = None if cls is None and value in ("unset", None) else self._shape_for(layer, int(label))
         if value != "unset":
-            self.store.set_value(key, label, None if value is None else float(value))  # type: ignore[arg-type]
+            self.store.set_value(key, label, None if value is None else float(value), shape=shape)  # type: ignore[arg-type]
             what = "cleared" if value is None else f"= {float(value):.3g}"  # type: ignore[arg-type]
         else:
-            self.store.annotate(key, label, cls)
+            self.store.annotate(key, label, cls, shape=shape)
             what = "cleared" if cls is None else f"→ {cls}"
         self._set_status(f"{layer.name}: cell {label} {what} (session saved to {self.store.path}).")
         if self.current is not None and self.current[0] is layer and self.current[1] == int(label):
@@ -695,7 +868,10 @@ class PhenotypeWidget(QWidget):
         """Give many cells one class at once (e.g. a lasso selection in the Plots dock);
         ``None`` clears them. Saved once, retrained once. Returns how many changed."""
         key = self.key_of(layer)
-        n = self.store.annotate_many(key, labels, cls)
+        shapes = None
+        if cls is not None:
+            shapes = {int(lab): sh for lab in labels if (sh := self._shape_for(layer, int(lab))) is not None}
+        n = self.store.annotate_many(key, labels, cls, shapes=shapes)
         for label in labels:
             self._remove_from_queue(key, int(label))
         self._set_status(f"{layer.name}: {n} cells {'cleared' if cls is None else f'→ {cls}'}.")
@@ -1181,12 +1357,23 @@ class PhenotypeWidget(QWidget):
         """Restore classes and annotations (and keep autosaving to that file)."""
         self.store = AnnotationStore.load(path)
         self._restore_settings(dict(self.store.settings))
+        self.clear_derived()
         known = {self.key_of(lay) for lay in self.layers()}
         missing = [k for k in self.store.images if k not in known]
+        reports: list[str] = []
+        for layer in self.layers():
+            if id(layer) not in self._tables:
+                continue
+            report: ReconcileReport = self.store.reconcile(self.key_of(layer), layer.data, self._areas(layer))
+            if report.changed or report.kept:
+                reports.append(f"{layer.name}: {report.summary()}")
+        self.store.clear_history()  # opening is not a change to take back
         self._refresh_classes()
         self._write_all()
+        self._show_all_lost()
         self._set_status(
             f"Session {Path(path).name}: {len(self.store)} annotations"
+            + (" (" + "; ".join(reports) + ")" if reports else "")
             + (f"; open these images to see the rest: {', '.join(missing)}" if missing else "")
         )
         self._schedule()
@@ -1287,7 +1474,7 @@ class PhenotypeWidget(QWidget):
             timer.stop()
         self.auto.setChecked(False)
         for owner in self._bound:
-            for k in [*CLASS_KEYS, "0", "Backspace", "n"]:
+            for k in [*CLASS_KEYS, "0", "Backspace", "n", *UNDO_KEYS]:
                 with contextlib.suppress(KeyError, ValueError):
                     owner.bind_key(k, None)
         self._bound.clear()

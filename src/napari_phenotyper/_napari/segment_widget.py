@@ -17,6 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, 
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QMessageBox
 
 from ..core.features import FEATURE_GROUPS
 from ..core.params import FieldSpec
@@ -25,7 +26,7 @@ from ..core.progress import Progress
 from ..core.segment import get_segmenter
 from ..core.segment.models import BACKENDS as MODEL_BACKENDS
 from ..core.segment.registry import BUILTIN, available
-from .layers import upsert_labels
+from .layers import docked_widgets, find_result_layer, upsert_labels
 from .params_form import ModelChooser, ParamsForm, compact_widths
 from .workers import SegmentRequest, segment_job, start_job, user_message
 
@@ -397,6 +398,10 @@ class SegmentWidget(Container):
         if source not in self.viewer.layers:
             show_info("The image was closed while it was being segmented; the result was discarded.")
             return
+        if not self._confirm_annotation_loss(source, result.labels):
+            self.status.value = "Not applied: the previous segmentation and its annotations were kept."
+            self.progress.value = 0
+            return
         upsert_labels(self.viewer, source, result.labels, result.features, result.provenance)
         prov = result.provenance
         device = str(prov.get("device", "?"))
@@ -416,6 +421,31 @@ class SegmentWidget(Container):
             + f" on {device} · "
             f"{prov['segment_seconds']:.2f} s segment + {prov['measure_seconds']:.2f} s measure"
         )
+
+    def _confirm_annotation_loss(self, source: Image, labels: Any) -> bool:
+        """Ask before a result replaces a segmentation whose annotations it would lose
+        (more than :data:`~.phenotype_widget.ASK_WHEN_LOSING` of them)."""
+        from .phenotype_widget import ASK_WHEN_LOSING
+
+        layer = find_result_layer(self.viewer, source)
+        if layer is None:
+            return True
+        for widget in docked_widgets(self.viewer):
+            would_lose = getattr(widget, "would_lose", None)
+            if would_lose is None:
+                continue
+            annotated, lost = would_lose(layer, labels)
+            if lost > ASK_WHEN_LOSING:
+                answer = QMessageBox.question(
+                    self.native,
+                    "Annotations would be lost",
+                    f"The new segmentation of {source.name} has no matching cell for {lost} of its "
+                    f"{annotated} annotated cells. They would be kept as lost annotations (x marks) and "
+                    "come back if a later segmentation finds their cells again.\n\n"
+                    "Apply the new segmentation?",
+                )
+                return answer == QMessageBox.StandardButton.Yes
+        return True
 
     def _on_errored(self, exc: BaseException) -> None:
         msg = user_message(exc)
