@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ __all__ = [
     "source_of",
     "table_of",
     "upsert_labels",
+    "warm_up_labels",
 ]
 
 #: Key of our provenance in ``layer.metadata``.
@@ -105,6 +107,40 @@ def upsert_labels(
         layer.metadata = {**layer.metadata, META_KEY: meta}
         layer.features = features_for_layer(features)
     return layer
+
+
+_WARMED: set[str] = set()
+_WARM_LOCK = threading.Lock()
+
+
+def warm_up_labels(dtype: Any = np.uint32) -> None:
+    """Compile napari's labels colour kernels for ``dtype`` in the calling thread.
+
+    napari JIT-compiles (numba) its labels colour mapping the first time a labels layer
+    of a dtype is made or drawn: about 1.5 s on a 2-core machine, which froze the GUI
+    when our first segmentation arrived. Workers call this before they return a result,
+    so the compiling happens off the GUI thread (numba keeps the compiled code for the
+    process). Cheap once done; never raises (a napari that renders differently just
+    compiles later, as before).
+    """
+    key = np.dtype(dtype).str
+    with _WARM_LOCK:
+        if key in _WARMED:
+            return
+        _WARMED.add(key)
+    try:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        data = np.arange(64, dtype=dtype).reshape(8, 8)
+        layer = Labels(data)  # the cyclic colour map: thumbnail and texture casting
+        layer.colormap._data_to_texture(data)
+        direct = Labels(
+            (data % 8).astype(np.uint8),
+            colormap=DirectLabelColormap(color_dict={None: [0, 0, 0, 0], 0: [0, 0, 0, 0], 1: [1, 0, 0, 1]}),
+        )  # the phenotype view's direct colour map
+        direct.colormap._data_to_texture((data % 8).astype(np.uint8))
+    except Exception:  # a warm-up only
+        pass
 
 
 def camera(viewer: Any) -> Any:

@@ -24,6 +24,7 @@ from ..core.pipeline import (
 )
 from ..core.progress import Progress
 from ..core.segment.registry import BUILTIN
+from .layers import warm_up_labels
 
 __all__ = ["ENGINE_SEGMENT", "SegmentRequest", "segment_job", "start_job", "user_message"]
 
@@ -171,4 +172,6 @@ def segment_job(
         auto_diameter=request.auto_diameter,
         segment_step=step,
     )
+    yield Progress(1, 1, "Preparing the display")
+    warm_up_labels(result.labels.dtype)  # napari's first-use compiling, here and not in the GUI
     return result

@@ -443,13 +443,13 @@ class AnnotationStore:
         self._cells = {moved.get(k, k): c for k, c in self._cells.items() if k[0] != image or k in moved}
         self._values = {moved.get(k, k): v for k, v in self._values.items() if k[0] != image or k in moved}
         self._shapes = {moved.get(k, k): v for k, v in self._shapes.items() if k[0] != image or k in moved}
-        for n, shape in (new_shapes or {}).items():
+        for n, new_shape in (new_shapes or {}).items():
             if (
                 (image, int(n)) in self._shapes
                 or (image, int(n)) in self._cells
                 or (image, int(n)) in self._values
             ):
-                self._shapes[(image, int(n))] = _shape_json(shape)  # type: ignore[assignment]
+                self._shapes[(image, int(n))] = _shape_json(new_shape)  # type: ignore[assignment]
         self._lost.extend(lost)
         self._rekeyed()
 
