@@ -523,3 +523,50 @@ def test_segment_dock_asks_before_a_run_that_would_lose_annotations(setup, qtbot
     seg._on_returned(viewer.layers["cells"], result)
     assert labels.data.max() == 1
     assert len(widget.store.lost(widget.key_of(labels))) >= 9
+
+
+def test_a_classifier_with_other_channel_names_asks_which_channel_is_which(
+    setup, qtbot, make_napari_viewer, tmp_path, monkeypatch
+):
+    from qtpy.QtWidgets import QDialog
+
+    from napari_phenotyper._napari import channel_dialog
+    from napari_phenotyper.core.channels import ChannelMismatch
+
+    viewer, labels, widget, kinds, _ = setup
+    image = viewer.layers["cells"].data
+    # trained on cells measured in two channels named after the stains
+    feats = compute_features(labels.data, {"gfp": image, "dapi": image[::-1]})
+    upsert_labels(viewer, viewer.layers["cells"], labels.data, feats, {"backend": "test"})
+    for lab in range(1, 13):
+        widget.annotate(labels, lab, kinds[lab])
+    path = widget.save_classifier(tmp_path / "stains.phenotyper.zip")
+    # the next image's cells were measured in channels named ch0 and ch1
+    viewer2 = make_napari_viewer()
+    image2, labels2, kinds2 = _cells(seed=1)
+    img = viewer2.add_image(image2, name="other")
+    lay2 = upsert_labels(
+        viewer2,
+        img,
+        labels2,
+        compute_features(labels2, {"ch0": image2, "ch1": image2[::-1]}),
+        {"backend": "test"},
+    )
+    w2 = PhenotypeWidget(viewer2, session_path=tmp_path / "s2.json")
+    with pytest.raises(ChannelMismatch, match="'gfp', 'dapi'"):
+        w2.load_classifier(path)
+    shown = []
+
+    def accept(dialog):
+        shown.append({n: c.currentText() for n, c in dialog.combos.items()})
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(channel_dialog.ChannelMapDialog, "exec", accept)
+    w2._load_classifier_asking(str(path))
+    assert shown == [{"gfp": "ch0", "dapi": "ch1"}]  # pre-filled in order
+    assert "'gfp' read from 'ch0'" in w2.status.text()
+    qtbot.waitUntil(lambda: w2.result is not None, timeout=30000)
+    pred = lay2.features.set_index("label")["pheno_class"].astype(str)
+    assert (pred.loc[list(kinds2)] == pd.Series(kinds2)).mean() >= 0.95
+    w2.close_session()
+    qtbot.waitUntil(lambda: w2._worker is None and w2._quality_worker is None, timeout=30000)

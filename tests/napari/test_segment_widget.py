@@ -343,3 +343,45 @@ def test_status_shows_the_device_the_engine_reported(make_napari_viewer, monkeyp
     assert device_memory() == "6.0 of 80.0 GiB GPU memory free"
     cuda.is_initialized = lambda: False  # CUDA never used in this process: nothing to say
     assert device_memory() is None
+
+
+def test_measured_layers_get_short_stable_channel_names(make_napari_viewer, qtbot):
+    """Columns are named by channel, not by layer, so frame 2's table has frame 1's columns."""
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    tables = []
+    for frame in (1, 2):
+        for lyr in list(viewer.layers):
+            viewer.layers.remove(lyr)
+        rng = np.random.default_rng(frame)
+        nuclei = rng.normal(10, 2, (96, 96)).astype(np.float32)
+        nuclei[20:40, 20:40] += 200
+        nuclei[55:80, 50:75] += 200
+        tubulin = rng.normal(30, 3, (96, 96)).astype(np.float32)
+        seg = viewer.add_image(nuclei, name=f"dapi_P0037_T0000{frame}_Z1")
+        other = viewer.add_image(tubulin, name=f"tubulin_P0037_T0000{frame}_Cgfp_Z1_S1")
+        widget.image.value = seg
+        widget.measure_in.value = [seg, other]
+        assert [w.value for w in widget.channel_names] == ["image", "ch1"]
+        assert not widget.channel_names.native.isHidden()
+        widget.auto_diameter.value = False
+        widget.form.set_value("diameter", 20.0)
+        widget.groups["texture"].value = False
+        _run_and_wait(qtbot, widget)
+        layer = find_result_layer(viewer, seg)
+        tables.append(layer.features)
+        assert layer.metadata[META_KEY]["channels"] == {"image": seg.name, "ch1": other.name}
+    assert list(tables[0].columns) == list(tables[1].columns)
+    assert "mean_intensity_ch1" in tables[0] and not any("tubulin" in c for c in tables[0].columns)
+    # a typed name is used and kept for that layer; an empty or repeated one is refused
+    widget.channel_names[1].value = "GFP tubulin"
+    widget._sync_channel_names()
+    assert widget.channel_names[1].value == "GFP_tubulin"  # shown as the columns will name it
+    assert [n for n, _ in widget.measured_channels()] == ["image", "GFP_tubulin"]
+    widget.channel_names[1].value = "image"
+    with pytest.raises(ValueError, match="both named 'image'"):
+        widget.request()
+    widget.channel_names[1].value = "  "
+    with pytest.raises(ValueError, match="channel name"):
+        widget.request()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -1394,15 +1394,21 @@ class PhenotypeWidget(QWidget):
         colors = {c.name: c.color for c in self.store.classes}
         return save_classifier(path, X, y, names, settings, colors=colors)
 
-    def load_classifier(self, path: str | os.PathLike) -> None:
+    def load_classifier(self, path: str | os.PathLike, channel_map: Mapping[str, str] | None = None) -> None:
         """Apply a saved classifier (or regressor) to every measured layer.
 
         Its training set joins the session's annotations in every later retrain, so
-        annotating more refines it. A layer lacking any of its feature columns is
+        annotating more refines it. Its channels pair with the layers' channels of the
+        same name, or with the only channel when both have one; ``channel_map``
+        (classifier channel -> the cells' channel) pairs the rest, and the training set's
+        columns are renamed accordingly. A layer lacking any of its feature columns is
         refused with the columns named.
 
         Raises
         ------
+        ChannelMismatch
+            When a classifier channel has no partner and ``channel_map`` does not give one
+            (Load classifier… then asks with :class:`~.channel_dialog.ChannelMapDialog`).
         ValueError
             For a file that is not a classifier, or cells measured differently.
         """
@@ -1410,12 +1416,16 @@ class PhenotypeWidget(QWidget):
         from ..io.classifier_io import load_classifier
 
         loaded = load_classifier(path)
-        for layer in self.layers():
-            if id(layer) in self._tables:
-                try:
-                    check_columns(loaded.feature_names, self._tables[id(layer)])
-                except ValueError as exc:
-                    raise ValueError(f"{layer.name}: {exc}") from None
+        tables = [(layer, self._tables[id(layer)]) for layer in self.layers() if id(layer) in self._tables]
+        if tables:
+            common = [str(c) for c in tables[0][1].columns if all(c in t.columns for _, t in tables[1:])]
+            loaded = loaded.for_columns(common, channel_map)
+        for layer, table in tables:
+            try:
+                check_columns(loaded.feature_names, table)
+            except ValueError as exc:
+                raise ValueError(f"{layer.name}: {exc}") from None
+        renamed = loaded.metadata.get("channel_map") or {}
         self.mode.setCurrentIndex(1 if loaded.is_regression else 0)
         known = {c.name for c in self.store.classes}
         # the saved colours keep the order the classes had in their session
@@ -1432,18 +1442,30 @@ class PhenotypeWidget(QWidget):
             self.trees.setValue(int(settings["trees"]))
         self.extra = loaded.training_table()
         self._refresh_classes()
+        pairs = "".join(f"; its {k!r} read from {v!r}" for k, v in renamed.items())
         self._set_status(
-            f"Loaded {Path(path).name}: {len(self.extra[1])} training cells; predicting every cell…"
+            f"Loaded {Path(path).name}: {len(self.extra[1])} training cells{pairs}; predicting every cell…"
         )
         self.retrain(full=True)
 
     def _ask_load_classifier(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load classifier", "", "Classifier (*.zip)")
         if path:
+            self._load_classifier_asking(path)
+
+    def _load_classifier_asking(self, path: str) -> None:
+        from ..core.channels import ChannelMismatch
+        from .channel_dialog import ask_channel_map
+
+        try:
             try:
                 self.load_classifier(path)
-            except (ValueError, FileNotFoundError) as exc:
-                show_error(str(exc))
+            except ChannelMismatch as mismatch:
+                chosen = ask_channel_map(mismatch, Path(path).name, self)
+                if chosen is not None:
+                    self.load_classifier(path, chosen)
+        except (ValueError, FileNotFoundError) as exc:
+            show_error(str(exc))
 
     def _ask_save_session(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save session", "", "Session (*.json)")

@@ -13,15 +13,22 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, Select
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, Select
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QMessageBox
 
+from ..core.channels import clean_channel_name, default_channel_names
 from ..core.features import FEATURE_GROUPS
 from ..core.params import FieldSpec
-from ..core.pipeline import MeasureParams, SegmentResult, estimate_params_diameter, select_channel
+from ..core.pipeline import (
+    DEFAULT_CHANNEL,
+    MeasureParams,
+    SegmentResult,
+    estimate_params_diameter,
+    select_channel,
+)
 from ..core.progress import Progress
 from ..core.segment import get_segmenter
 from ..core.segment.models import BACKENDS as MODEL_BACKENDS
@@ -108,6 +115,10 @@ class SegmentWidget(Container):
             choices=self._measure_choices,
             tooltip="Image layers to measure intensities in (none selected: the segmented image)",
         )
+        # one short channel name per measured layer: the columns are named by it
+        # (mean_intensity_<name>), so that a classifier applies to the next image's layers
+        self.channel_names = Container(label="channel names", visible=False)
+        self._typed_names: dict[str, str] = {}  # layer name -> the channel name typed for it
         self.groups = {g: CheckBox(text=g, value=True) for g in FEATURE_GROUPS}
         groups_box = Container(
             widgets=list(self.groups.values()), layout="horizontal", labels=False, label="features"
@@ -127,6 +138,7 @@ class SegmentWidget(Container):
                 self.auto_diameter,
                 self.estimate,
                 self.measure_in,
+                self.channel_names,
                 groups_box,
                 buttons,
                 self.progress,
@@ -140,6 +152,7 @@ class SegmentWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.estimate.changed.connect(self.estimate_diameter)
         self.auto_diameter.changed.connect(self._sync_diameter_editor)
+        self.measure_in.changed.connect(self._sync_channel_names)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._on_segmenter_changed(self.segmenter.value)
@@ -171,6 +184,55 @@ class SegmentWidget(Container):
         )
         self.channel.enabled = bool(layer is not None and layer.rgb)
         self.measure_in.reset_choices()
+        self._sync_channel_names()
+
+    def _sync_channel_names(self, _value: Any = None) -> None:
+        """One name field per measured layer, pre-filled with a short stable name.
+
+        A name typed for a layer is kept; a layer whose metadata has ``channel_name``
+        (e.g. from OME metadata) starts with it; the segmented layer is ``image`` (as in
+        headless runs) and any other ``ch<i>``, its position among the measured layers.
+        """
+        layers = list(self.measure_in.value or [])
+        src = self.image.value
+        known = {
+            lyr.name: str(lyr.metadata["channel_name"]) for lyr in layers if lyr.metadata.get("channel_name")
+        }
+        known.update(self._typed_names)
+        names = default_channel_names([lyr.name for lyr in layers], None if src is None else src.name, known)
+        self.channel_names.clear()
+        for lyr, name in zip(layers, names, strict=True):
+            shown = lyr.name if len(lyr.name) <= 22 else lyr.name[:10] + "…" + lyr.name[-10:]
+            edit = LineEdit(
+                value=name,
+                label=shown,
+                tooltip=f"Channel name of {lyr.name}: its columns are <feature>_{name}",
+            )
+            edit.changed.connect(lambda v, n=lyr.name: self._typed_names.__setitem__(n, str(v)))
+            self.channel_names.append(edit)
+        self.channel_names.visible = bool(layers)
+
+    def measured_channels(self) -> list[tuple[str, Image]]:
+        """``(channel name, layer)`` of every layer to measure in, as the fields name them.
+
+        Raises
+        ------
+        ValueError
+            For an empty or repeated channel name.
+        """
+        layers = list(self.measure_in.value or [])
+        if len(self.channel_names) != len(layers):
+            self._sync_channel_names()
+        names = [clean_channel_name(w.value, "") for w in self.channel_names]
+        for lyr, name in zip(layers, names, strict=True):
+            if not name:
+                raise ValueError(f"Give {lyr.name!r} a channel name (letters and digits), e.g. ch1 or gfp.")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"Two measured layers are both named {twice[0]!r}; give each channel its own name."
+            )
+        return list(zip(names, layers, strict=True))
 
     def _on_segmenter_changed(self, name: str | None) -> None:
         self.params_box.clear()
@@ -276,7 +338,9 @@ class SegmentWidget(Container):
         if not groups:
             raise ValueError("Tick at least one feature group to measure.")
         measure = MeasureParams(groups=groups)
-        intens = tuple((lyr.name, _level0(lyr), lyr.rgb) for lyr in self.measure_in.value)
+        channels = self.measured_channels()
+        intens = tuple((name, _level0(lyr), lyr.rgb) for name, lyr in channels)
+        channel_layers = tuple((name, lyr.name) for name, lyr in channels) or ((DEFAULT_CHANNEL, layer.name),)
         return SegmentRequest(
             _level0(layer),
             layer.rgb,
@@ -286,6 +350,7 @@ class SegmentWidget(Container):
             intens,
             measure,
             auto_diameter=self._auto_diameter_on(),
+            channel_layers=channel_layers,
         )
 
     # ---- actions ------------------------------------------------------------------

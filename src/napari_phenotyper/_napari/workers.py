@@ -126,6 +126,8 @@ class SegmentRequest:
     intensities: tuple[tuple[str, Any, bool], ...]  # (name, data, rgb)
     measure: MeasureParams
     auto_diameter: bool = False  # estimate the diameter on the image first (in the worker)
+    #: channel name -> the layer it was read from (provenance: columns name channels, not layers)
+    channel_layers: tuple[tuple[str, str], ...] = ()
 
 
 def _as_plane_array(data: Any, rgb: bool) -> np.ndarray:
@@ -172,6 +174,8 @@ def segment_job(
         auto_diameter=request.auto_diameter,
         segment_step=step,
     )
+    if request.channel_layers:
+        result.provenance["channels"] = dict(request.channel_layers)
     yield Progress(1, 1, "Preparing the display")
     warm_up_labels(result.labels.dtype)  # napari's first-use compiling, here and not in the GUI
     return result

@@ -38,8 +38,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from .channels import ChannelMismatch
+from .features import feature_columns
 from .layout import KEY_COLUMNS, make_layout, natural_key
-from .pipeline import estimate_params_diameter, iter_segment_and_measure, package_versions
+from .pipeline import DEFAULT_CHANNEL, estimate_params_diameter, iter_segment_and_measure, package_versions
 from .pipeline_spec import FileRef, ModelRef, PipelineSpec
 from .profiles import (
     profile_row,
@@ -631,6 +633,14 @@ def _load_model(pipeline: PipelineSpec) -> tuple[Any, tuple[str, ...], dict[str,
             "save the pipeline again with this classifier, or restore the file."
         )
     clf_file = load_classifier(path)
+    try:  # a batch measures the segmented channel, named "image": a one-channel classifier pairs with it
+        clf_file = clf_file.for_columns(feature_columns([DEFAULT_CHANNEL]))
+    except ChannelMismatch as exc:
+        raise ValueError(
+            f"Classifier {path.name} uses channels {', '.join(map(repr, exc.needed))}, but a batch run "
+            f"measures one channel, the segmented image ({DEFAULT_CHANNEL!r}); train the classifier on "
+            "cells measured in the segmented image only to use it here."
+        ) from None
     model = clf_file.train()
     info = {
         "path": str(path),
@@ -638,6 +648,7 @@ def _load_model(pipeline: PipelineSpec) -> tuple[Any, tuple[str, ...], dict[str,
         "task": clf_file.task,
         "classes": list(clf_file.classes),
         "n_features": len(clf_file.feature_names),
+        "channel_map": clf_file.metadata.get("channel_map", {}),
         "settings": clf_file.settings,
     }
     return model, tuple(str(c) for c in clf_file.classes), info

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .channels import clean_channel_name
 from .features import FEATURE_GROUPS, iter_features
 from .progress import Progress, sub_progress
 from .segment import get_segmenter
@@ -57,8 +57,7 @@ DEFAULT_CHANNEL = "image"
 
 def channel_name(name: str) -> str:
     """A column-safe channel name: spaces and punctuation become ``_``."""
-    cleaned = re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_")
-    return cleaned or DEFAULT_CHANNEL
+    return clean_channel_name(name, DEFAULT_CHANNEL)
 
 
 @dataclass(frozen=True)

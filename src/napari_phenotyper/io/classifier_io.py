@@ -24,10 +24,12 @@ misreading it. Both versions are read.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,38 @@ class ClassifierFile:
     def is_regression(self) -> bool:
         """Whether the file holds a regressor (continuous phenotype values)."""
         return self.task == "regression"
+
+    @property
+    def channels(self) -> list[str]:
+        """The intensity channels its features were measured in (``image``, ``gfp``...)."""
+        from ..core.channels import channels_of
+
+        return channels_of(self.feature_names)
+
+    def for_columns(
+        self, columns: Sequence[str], channel_map: Mapping[str, str] | None = None
+    ) -> ClassifierFile:
+        """This classifier with its channels renamed to those of a table with ``columns``.
+
+        Same-named channels pair by themselves, as do one channel on each side; give
+        ``channel_map`` (classifier channel -> table channel) for the rest. The file's
+        metadata records the mapping (``channel_map``) when a channel was renamed.
+
+        Raises
+        ------
+        ChannelMismatch
+            When a channel has no partner (carries the suggestion, for a dialog).
+        ValueError
+            For a ``channel_map`` that names a channel the table lacks or one twice.
+        """
+        from ..core.channels import rename_channels, resolve_channel_mapping
+
+        mapping = resolve_channel_mapping(self.feature_names, [str(c) for c in columns], channel_map)
+        if not mapping.renamed():
+            return self
+        names = rename_channels(self.feature_names, mapping)
+        metadata = {**self.metadata, "channel_map": dict(mapping.renamed())}
+        return dataclasses.replace(self, feature_names=names, metadata=metadata)
 
     def training_table(self) -> tuple[pd.DataFrame, list[Any]]:
         """The stored cells as a feature table and their class names (or values, as floats)."""
