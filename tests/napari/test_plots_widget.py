@@ -321,7 +321,7 @@ def test_histogram_per_class(with_phenotypes, qtbot):
     assert ax.get_xlabel() == "area"
 
 
-def test_export_png_and_svg(plots, tmp_path):
+def test_export_png_and_svg(plots, tmp_path, capfd):
     viewer, layer, kinds, widget = plots
     plain = matplotlib.image.imread(widget.export(tmp_path / "plain.png"))
     widget.select_labels([1, 2, 3])
@@ -342,6 +342,11 @@ def test_export_png_and_svg(plots, tmp_path):
     # the scatter's points are rasterised inside a vector file
     big = widget.export(tmp_path / "scatter.svg", tab="scatter")
     assert b"<image" in big.read_bytes()
+    pdf = widget.export(tmp_path / "scatter.pdf", tab="scatter")
+    assert pdf.read_bytes()[:4] == b"%PDF"
+    # matplotlib prints (does not raise) errors in draw callbacks: the SVG export's
+    # 'FigureCanvasSVG' object has no attribute 'get_renderer' (issue 13 item 8)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_updates_when_features_change(plots, qtbot):

@@ -139,6 +139,39 @@ def test_rgb_channel_choice(make_napari_viewer, qtbot):
     assert len(np.unique(labels.data)) - 1 == 1 and labels.data[30, 30] > 0 and labels.data[70, 70] == 0
 
 
+def test_rgb_channel_choice_survives_docking_new_layers_and_runs(make_napari_viewer, qtbot):
+    """Issue 13 item 6: docked from the menu the RGB channels were missing; after Run the
+    choice fell back to luminance and the next run silently used it."""
+    viewer = make_napari_viewer()
+    rgb = np.zeros((96, 96, 3), np.uint8)
+    rgb[20:40, 20:40, 0] = 255  # red square
+    rgb[60:80, 60:80, 2] = 255  # blue square
+    layer = viewer.add_image(rgb, name="rgb")
+    _dw, widget = viewer.window.add_plugin_dock_widget("napari-phenotyper", "Segment & measure")
+    assert widget.image.value is layer and widget.channel.enabled
+    assert list(widget.channel.choices) == [None, 0, 1, 2]
+    widget.channel.value = 2  # blue
+    widget.auto_diameter.value = False
+    widget.form.set_value("diameter", 20.0)
+    widget.groups["texture"].value = False
+    _run_and_wait(qtbot, widget)
+    assert widget.channel.value == 2  # the result layer's arrival did not reset it
+    labels = find_result_layer(viewer, layer)
+    assert labels.data[70, 70] > 0 and labels.data[30, 30] == 0
+    viewer.add_image(rgb[..., 0], name="grey")  # another layer arrives: still blue
+    assert widget.channel.value == 2
+    labels.data = np.zeros_like(labels.data)
+    _run_and_wait(qtbot, widget)
+    labels = find_result_layer(viewer, layer)
+    assert labels.data[70, 70] > 0 and labels.data[30, 30] == 0  # the second run used blue too
+
+    other = make_napari_viewer()  # dock first, then open the RGB image
+    _dw, widget2 = other.window.add_plugin_dock_widget("napari-phenotyper", "Segment & measure")
+    assert not widget2.channel.enabled
+    other.add_image(rgb, name="rgb")
+    assert widget2.channel.enabled and list(widget2.channel.choices) == [None, 0, 1, 2]
+
+
 def test_auto_diameter_is_estimated_in_the_worker_and_shown(viewer_with_sample, qtbot):
     viewer = viewer_with_sample
     widget = SegmentWidget(viewer)

@@ -38,6 +38,7 @@ from ..core.segment import get_segmenter
 from ..core.segment.registry import available
 from ..io.pipeline_file import load_pipeline, save_pipeline
 from ..io.tables import parquet_available
+from .docking import scroll_body, settle_when_docked
 from .params_form import ParamsForm, compact_widths
 from .segment_widget import SegmentWidget
 from .table_widget import DataFrameModel
@@ -127,7 +128,7 @@ class BatchWidget(Container):
         )
         self.load_button = PushButton(text="Load")
         self.from_segment = PushButton(
-            text="Copy from Segment & measure",
+            text="Copy from Segment && measure",
             tooltip="Take the segmenter, parameters and features of the open Segment & measure widget",
         )
         self.save_button = PushButton(text="Save pipeline...")
@@ -229,6 +230,8 @@ class BatchWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self._on_segmenter_changed(self.segmenter.value)
         compact_widths(self.native)  # long layer names must not widen the dock
+        scroll_body(self.native)  # fits a laptop screen
+        settle_when_docked(self.native)
 
     # ---- the pipeline form ---------------------------------------------------------
     def _on_segmenter_changed(self, name: str | None) -> None:

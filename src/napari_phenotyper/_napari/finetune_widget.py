@@ -61,6 +61,7 @@ from ..core.progress import Progress, TrainProgress
 from ..core.segment import get_segmenter
 from ..core.segment.models import ModelInfo, list_models, models_dir
 from ..core.segment.registry import available
+from .docking import settle_when_docked
 from .engine_worker import engine_job
 from .layers import find_result_layer, source_of, upsert_labels
 from .params_form import ModelChooser, compact_widths
@@ -450,6 +451,7 @@ class FinetuneWidget(Container):
         self.scroll_area.setWidget(self.form.native)
         self.native.layout().addWidget(self.scroll_area)
         compact_widths(self.native)
+        settle_when_docked(self.native)
 
         self.backend.changed.connect(self._on_backend_changed)
         self.source.changed.connect(self._on_source_changed)

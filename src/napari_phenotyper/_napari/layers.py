@@ -139,6 +139,11 @@ def warm_up_labels(dtype: Any = np.uint32) -> None:
             colormap=DirectLabelColormap(color_dict={None: [0, 0, 0, 0], 0: [0, 0, 0, 0], 1: [1, 0, 0, 1]}),
         )  # the phenotype view's direct colour map
         direct.colormap._data_to_texture((data % 8).astype(np.uint8))
+        # vispy's line visuals (napari's layer overlays) build their dash patterns in
+        # Python on first use, ~80 ms; the patterns are cached for the process
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
     except Exception:  # a warm-up only
         pass
 

@@ -66,11 +66,13 @@ def update_view(
     *,
     value_range: tuple[float, float] | None = None,
     colormap_key: tuple[Any, ...] | None = None,
-) -> Labels:
+) -> Labels | None:
     """Paint ``table``'s phenotype columns into the view layer of ``labels`` (made if needed).
 
     ``colormap_key`` identifies the current colours (classes and mode); the colour map
-    is rebuilt only when it changes, so a retrain only repaints pixels.
+    is rebuilt only when it changes, so a retrain only repaints pixels. No view is made
+    while there is nothing to show (no annotation, no prediction): a fresh segmentation
+    then costs napari one layer, not two (returns ``None``).
     """
     names = [c for c, _ in classes]
     codes = cell_codes(table, names, mode, value_range)
@@ -78,6 +80,8 @@ def update_view(
     data = np.asarray(labels.data)
     view = find_view(viewer, labels)
     key = colormap_key if colormap_key is not None else (tuple(classes), mode)
+    if view is None and not np.any(codes):
+        return None
     if view is None or view.data.shape != data.shape:
         if view is not None:
             viewer.layers.remove(view)

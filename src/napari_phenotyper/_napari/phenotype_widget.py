@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QInputDialog,
@@ -61,6 +62,7 @@ from ..core.classify.geometry import CellShape, cell_shape
 from ..core.classify.model import CLASSIFIERS, FEATURE_GROUP_NAMES, ClassifierSettings
 from ..core.classify.query import STRATEGIES
 from ..core.classify.transfer import transfer_annotations
+from .docking import scroll_body, settle_when_docked
 from .layers import META_KEY, features_for_layer, fly_to_cell, source_of, table_of
 from .lost_view import find_lost_layer, update_lost_layer
 from .params_form import compact_widths
@@ -166,6 +168,8 @@ class PhenotypeWidget(QWidget):
         self._sync_layers()
         self._refresh_classes()
         compact_widths(self)  # long layer names must not widen the dock
+        scroll_body(self)  # fits a laptop screen
+        settle_when_docked(self)
 
     # ---- UI ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -180,7 +184,7 @@ class PhenotypeWidget(QWidget):
         root.addLayout(top)
 
         # classes
-        self.class_box = QGroupBox("Classes (keys 1-9 annotate, 0 / Backspace clear)")
+        self.class_box = QGroupBox("Classes (keys 1-9; 0 clears)")
         lay = QVBoxLayout(self.class_box)
         self.class_list = QListWidget()
         self.class_list.setMaximumHeight(150)
@@ -203,9 +207,11 @@ class PhenotypeWidget(QWidget):
 
         # undo / redo, lost annotations
         urow = QHBoxLayout()
-        self.undo_btn = QPushButton("Undo (Ctrl+Z)")
+        self.undo_btn = QPushButton("Undo")
+        self.undo_btn.setToolTip("Undo the last annotation change (Ctrl+Z)")
         self.undo_btn.clicked.connect(self.undo)
-        self.redo_btn = QPushButton("Redo (Ctrl+Shift+Z)")
+        self.redo_btn = QPushButton("Redo")
+        self.redo_btn.setToolTip("Redo (Ctrl+Shift+Z)")
         self.redo_btn.clicked.connect(self.redo)
         self.reattach_btn = QPushButton("Re-attach lost")
         self.reattach_btn.setToolTip(
@@ -259,14 +265,14 @@ class PhenotypeWidget(QWidget):
         self.trees.setToolTip("Trees of the random forest: fewer retrain and predict faster.")
         self.trees.valueChanged.connect(self._settings_changed)
         form.addRow("Trees", self.trees)
-        groups = QHBoxLayout()
+        groups = QGridLayout()  # three a row: the dock stays narrow
         self.groups: dict[str, QCheckBox] = {}
-        for g in FEATURE_GROUP_NAMES:
+        for i, g in enumerate(FEATURE_GROUP_NAMES):
             cb = QCheckBox(g)
             cb.setChecked(True)
             cb.toggled.connect(self._settings_changed)
             self.groups[g] = cb
-            groups.addWidget(cb)
+            groups.addWidget(cb, i // 3, i % 3)
         form.addRow("Features", groups)
         opts = QHBoxLayout()
         self.auto = QCheckBox("Retrain after each annotation")
@@ -281,7 +287,10 @@ class PhenotypeWidget(QWidget):
             self.display.addItem(name, k)
         self.display.currentIndexChanged.connect(lambda _i: self.refresh_views())
         form.addRow("Show", self.display)
-        self.click_mode = QCheckBox("Click a cell to give it the selected class (click again to clear)")
+        self.click_mode = QCheckBox("Click a cell to give it the selected class")
+        self.click_mode.setToolTip(
+            "A click gives the cell the class selected above; a second click clears it"
+        )
         form.addRow(self.click_mode)
         root.addWidget(learn)
 
@@ -332,7 +341,7 @@ class PhenotypeWidget(QWidget):
         root.addWidget(qual)
 
         # session
-        srow = QHBoxLayout()
+        srow = QGridLayout()  # two a row: the dock stays narrow
         self.save_session_btn = QPushButton("Save session as…")
         self.save_session_btn.clicked.connect(self._ask_save_session)
         self.open_session_btn = QPushButton("Open session…")
@@ -341,8 +350,10 @@ class PhenotypeWidget(QWidget):
         self.save_clf_btn.clicked.connect(self._ask_save_classifier)
         self.load_clf_btn = QPushButton("Load classifier…")
         self.load_clf_btn.clicked.connect(self._ask_load_classifier)
-        for b in (self.save_session_btn, self.open_session_btn, self.save_clf_btn, self.load_clf_btn):
-            srow.addWidget(b)
+        for i, b in enumerate(
+            (self.save_session_btn, self.open_session_btn, self.save_clf_btn, self.load_clf_btn)
+        ):
+            srow.addWidget(b, i // 2, i % 2)
         root.addLayout(srow)
         self.status = QLabel("")
         self.status.setWordWrap(True)

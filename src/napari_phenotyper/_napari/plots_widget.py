@@ -75,6 +75,7 @@ from ..core.embedding import (
 )
 from ..core.progress import run
 from ..io.atomic import atomic_path
+from .docking import settle_when_docked
 from .layers import META_KEY, source_of, table_of
 from .params_form import compact_widths
 from .phenotype_view import VIEW_ROLE
@@ -302,6 +303,7 @@ class PlotsWidget(QWidget):
         self.sync_with_phenotypes(redraw=False)
         self._set_layer(self.layer_combo.value)
         compact_widths(self)  # long layer names must not widen the dock
+        settle_when_docked(self)
 
     # ---- UI ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -900,9 +902,11 @@ class PlotsWidget(QWidget):
         self._sel_line.set_data(self._xy[rows, 0], self._xy[rows, 1])
         self._sel_line.set_markersize(self._marker_size() + 3)
 
-    def _on_scatter_drawn(self, _event: Any = None) -> None:
+    def _on_scatter_drawn(self, event: Any = None) -> None:
         canvas = self.plots["scatter"].canvas
-        if canvas.is_saving():
+        # savefig draws through another canvas (FigureCanvasSVG/PDF has no renderer to
+        # blit with): the ring is drawn as an artist there (see export)
+        if canvas.is_saving() or self.plots["scatter"].figure.canvas is not canvas:
             return
         self._background = canvas.copy_from_bbox(self.ax.bbox)
         self._draw_ring(blit=False)  # the paint that follows a draw shows it

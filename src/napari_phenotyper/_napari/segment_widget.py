@@ -33,6 +33,7 @@ from ..core.progress import Progress
 from ..core.segment import get_segmenter
 from ..core.segment.models import BACKENDS as MODEL_BACKENDS
 from ..core.segment.registry import BUILTIN, available
+from .docking import scroll_body, settle_when_docked
 from .layers import docked_widgets, find_result_layer, upsert_labels
 from .params_form import ModelChooser, ParamsForm, compact_widths
 from .workers import SegmentRequest, segment_job, start_job, user_message
@@ -94,8 +95,10 @@ class SegmentWidget(Container):
         self.image = ComboBox(
             label="image", choices=self._image_choices, nullable=False, tooltip="Image layer to segment"
         )
+        # choices are a callable: napari resets every choice when it docks the widget or
+        # a layer changes, and a static list would fall back to "single channel"
         self.channel = ComboBox(
-            label="channel", choices=[("single channel", None)], tooltip="Channel of an RGB image to segment"
+            label="channel", choices=self._channel_choices, tooltip="Channel of an RGB image to segment"
         )
         specs = available()
         self.segmenter = ComboBox(
@@ -158,6 +161,8 @@ class SegmentWidget(Container):
         self._on_segmenter_changed(self.segmenter.value)
         self._on_image_changed(self.image.value)
         compact_widths(self.native)  # long layer names must not widen the dock
+        scroll_body(self.native)  # fits a laptop screen
+        settle_when_docked(self.native)
 
     # ---- choices -------------------------------------------------------------------
     def _image_choices(self, _w: Any = None) -> list[tuple[str, Image]]:
@@ -174,14 +179,21 @@ class SegmentWidget(Container):
             if isinstance(lyr, Image) and _plane_shape(lyr) == shape
         ]
 
+    def _channel_choices(self, _w: Any = None) -> list[tuple[str, int | None]]:
+        layer = self.image.value if hasattr(self, "image") else None
+        return list(_RGB_CHANNELS) if (layer is not None and layer.rgb) else [("single channel", None)]
+
     def _refresh_layers(self, _event: Any = None) -> None:
+        before = self.image.value
         self.image.reset_choices()
-        self.measure_in.reset_choices()
+        if self.image.value is not before:  # the first image opened after the dock
+            self._on_image_changed(self.image.value)
+        else:
+            self.channel.reset_choices()  # keeps the chosen channel
+            self.measure_in.reset_choices()
 
     def _on_image_changed(self, layer: Image | None) -> None:
-        self.channel.choices = (
-            _RGB_CHANNELS if (layer is not None and layer.rgb) else [("single channel", None)]
-        )
+        self.channel.reset_choices()
         self.channel.enabled = bool(layer is not None and layer.rgb)
         self.measure_in.reset_choices()
         self._sync_channel_names()

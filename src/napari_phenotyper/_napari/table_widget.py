@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from ..core.profiles import has_phenotype_columns
 from ..io.export import summary_path, write_summary_csv, write_table_csv
+from .docking import settle_when_docked
 from .layers import camera, fly_to_cell, source_of, table_of
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ class FeatureTableWidget(QWidget):
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda e: self.layer_combo.reset_choices())
         self._set_layer(self.layer_combo.value)
+        settle_when_docked(self)
 
     # ---- layer binding --------------------------------------------------------------
     def _labels_choices(self, _w: Any = None) -> list[tuple[str, Labels]]:
