@@ -161,6 +161,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from . import __version__, samples
+    from .core.batch import failure_text
     from .core.evaluate import average_precision
     from .core.pipeline import MeasureParams, iter_segment_and_measure
     from .core.progress import run, sub_progress
@@ -218,7 +219,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             except CLIError:
                 raise
             except Exception as exc:  # one bad image must not stop the run
-                failures.append((name, f"{type(exc).__name__}: {exc}"))
+                failures.append((name, failure_text(exc)))
                 continue
             if not args.no_labels:
                 write_labels_tiff(result.labels, out / f"{name}_labels.tif")

@@ -261,18 +261,36 @@ def test_bad_images_are_reported_and_skipped(tmp_path):
     folder = _folder(tmp_path, {"a.tif": [((30, 30), BIG)]})
     (folder / "broken.tif").write_bytes(b"not a tiff at all")
     (folder / "empty.tif").write_bytes(b"")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     tifffile.imwrite(folder / "tiny.tif", np.zeros((1, 1), np.uint8))
     out = tmp_path / "out"
     result = run(iter_run_batch(_request(folder, out, options={"format": "csv"})))
-    assert result.counts == {"images": 4, "processed": 1, "skipped": 0, "failed": 3, "cells": 1}
-    assert set(result.failures) == {"broken", "empty", "tiny"}
+    assert result.counts == {"images": 5, "processed": 1, "skipped": 0, "failed": 4, "cells": 1}
+    assert set(result.failures) == {"broken", "corrupt", "empty", "tiny"}
     m = _manifest(out)
     assert "TiffFileError" in m["failures"]["broken"] and "too small" in m["failures"]["tiny"]
+    # said as what it is (before: "Could not find a backend ... pip install imageio[pyav]")
+    for name, what in (
+        ("broken", "unreadable or corrupt"),
+        ("corrupt", "unreadable or corrupt"),
+        ("empty", "empty"),
+    ):
+        assert m["failures"][name].startswith(f"Cannot read {name}."), m["failures"][name]
+        assert what in m["failures"][name] and "pip install" not in m["failures"][name]
     status = {i["name"]: i["status"] for i in m["inputs"]}
-    assert status == {"a": "done", "broken": "failed", "empty": "failed", "tiny": "failed"}
+    assert status == {
+        "a": "done",
+        "broken": "failed",
+        "corrupt": "failed",
+        "empty": "failed",
+        "tiny": "failed",
+    }
     assert pd.read_csv(out / "cells.csv")["image"].tolist() == ["a"]
+    # a CSV run writes its parts as CSV too (they were Parquet)
+    assert sorted(p.name for p in (out / "parts").glob("*.cells.*")) == ["a.cells.csv"]
+    assert not list(out.rglob("*.parquet"))
     # failed images are retried on the next run
-    assert run(iter_run_batch(_request(folder, out, options={"format": "csv"}))).counts["failed"] == 3
+    assert run(iter_run_batch(_request(folder, out, options={"format": "csv"}))).counts["failed"] == 4
 
 
 def test_cancel_keeps_finished_images_for_the_next_run(tmp_path):

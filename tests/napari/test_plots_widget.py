@@ -18,7 +18,7 @@ from matplotlib.backend_bases import MouseButton, MouseEvent
 from matplotlib.colors import to_hex
 
 from napari_phenotyper._napari import plots_widget as pw
-from napari_phenotyper._napari.layers import upsert_labels
+from napari_phenotyper._napari.layers import camera, upsert_labels
 from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
 from napari_phenotyper._napari.plots_widget import PlotsWidget, find_selection_layer
 from napari_phenotyper._napari.table_widget import FeatureTableWidget
@@ -159,9 +159,16 @@ def test_click_in_plot_selects_one_cell_and_the_viewer_follows(plots):
     table = widget.table
     row = int(np.flatnonzero(table["label"].to_numpy() == 5)[0])
     target = widget.xy[row]
+    viewer.reset_view()
+    camera(viewer).zoom = zoom = float(camera(viewer).zoom) / 20  # a whole-slide view
     _drag(widget, [target, target])  # a click with the lasso tool
     np.testing.assert_array_equal(widget.selected_labels(), [5])
     assert layer.selected_label == 5
+    # the clicked cell is flown to and zoomed in on (issue 13), and outlined
+    yy, xx = np.nonzero(layer.data == 5)
+    np.testing.assert_allclose(camera(viewer).center[-2:], [yy.mean(), xx.mean()], atol=1.0)
+    assert float(camera(viewer).zoom) > zoom
+    np.testing.assert_array_equal(find_selection_layer(viewer, layer).data > 0, layer.data == 5)
     widget.tool_combo.setCurrentText("Box")
     row9 = int(np.flatnonzero(table["label"].to_numpy() == 9)[0])
     _drag(widget, [widget.xy[row9], widget.xy[row9]])

@@ -6,6 +6,7 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_phenotyper._napari.layers import META_KEY, upsert_labels
+from napari_phenotyper._napari.selection import find_selection_layer
 from napari_phenotyper._napari.table_widget import FeatureTableWidget, camera
 from napari_phenotyper._napari.writer import write_cell_table
 from napari_phenotyper.core.pipeline import iter_segment_and_measure
@@ -57,6 +58,34 @@ def test_row_selection_selects_label_and_centres_camera(segmented):
     np.testing.assert_allclose(camera(viewer).center[-2:], expected, atol=1e-6)
     # the big cell is centred at (60, 120) px -> world (10 + 30, 60)
     np.testing.assert_allclose(expected, [40, 60], atol=0.5)
+
+
+def test_a_row_click_outlines_the_cell_and_zooms_in(segmented):
+    """Issue 13: a selected cell is outlined and zoomed to, not only centred."""
+    viewer, labels, widget = segmented
+    df = widget.model.frame
+    small = int(df.loc[df["area"].idxmin(), "label"])
+    cam = camera(viewer)
+    viewer.reset_view()
+    before = float(cam.zoom)
+    widget.show_cell(small)
+    outline = find_selection_layer(viewer, labels)
+    assert outline is not None and outline.visible
+    cell = labels.data == small
+    assert (outline.data[cell] > 0).all() and (outline.data[~cell] == 0).all()
+    assert 2 in np.unique(outline.data[cell])  # its outline, drawn opaque
+    diameter = float(df.loc[df["label"] == small, "equivalent_diameter"].iloc[0])
+    canvas = min(viewer.window._qt_viewer.canvas.size)
+    assert float(cam.zoom) > before
+    # ten diameters (world units: pixels x 0.5) span the canvas's smaller side
+    np.testing.assert_allclose(float(cam.zoom), canvas / (10 * diameter * 0.5), rtol=1e-6)
+    # a closer view is kept, the next cell is outlined instead
+    cam.zoom = 4 * float(cam.zoom)
+    closer = float(cam.zoom)
+    big = int(df.loc[df["area"].idxmax(), "label"])
+    widget.show_cell(big)
+    assert float(cam.zoom) == closer
+    assert (outline.data[labels.data == big] > 0).all() and (outline.data[cell] == 0).all()
 
 
 def test_clicking_a_row_in_the_view(segmented, qtbot):

@@ -36,7 +36,6 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from matplotlib.widgets import LassoSelector, RectangleSelector
 from napari.layers import Labels
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -70,16 +69,16 @@ from ..core.embedding import (
     points_in_box,
     points_in_polygon,
     quantize,
-    selection_image,
     split_by_code,
 )
 from ..core.progress import run
 from ..io.atomic import atomic_path
 from .docking import settle_when_docked
-from .layers import META_KEY, source_of, table_of
+from .layers import source_of, table_of
 from .params_form import compact_widths
 from .phenotype_view import VIEW_ROLE
 from .phenotype_widget import PhenotypeWidget
+from .selection import SELECTION_ROLE, find_selection_layer, focus_cell, update_selection_layer
 from .workers import start_job, user_message
 
 if TYPE_CHECKING:
@@ -87,8 +86,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SELECTION_ROLE", "TABS", "PlotsWidget", "find_selection_layer", "update_selection_layer"]
 
-#: Role (in our metadata) of the display-only layer that outlines the selected cells.
-SELECTION_ROLE = "plot_selection"
 #: Tab keys and titles.
 TABS = {
     "scatter": "Scatter",
@@ -108,81 +105,12 @@ LEVELS = 64
 SYNC_EMBED_CELLS = 20_000
 #: How often the dock looks at the Phenotypes dock for new quality or importances (ms).
 POLL_MS = 400
-#: Colours of the selection layer's codes: selected cells tinted, their outlines opaque.
-SELECTION_COLORS: dict[int | None, Any] = {
-    None: (0.0, 0.0, 0.0, 0.0),
-    0: (0.0, 0.0, 0.0, 0.0),
-    1: (1.0, 0.92, 0.0, 0.3),
-    2: (1.0, 0.92, 0.0, 1.0),
-}
 NO_CLASS_COLOR = "#B0B0B0"
 CLEAR_ANNOTATION = "— clear —"
 #: Smaller than this many screen pixels, a lasso or box is a click (nearest point).
 CLICK_PIXELS = 4
 _CHOSEN: Any = object()  # annotate_selection's default: the class chosen in the dock
 EXPORT_FILTER = "PNG image (*.png);;SVG vector image (*.svg);;PDF (*.pdf)"
-
-
-# ---- the selection layer -------------------------------------------------------------
-def find_selection_layer(viewer: Any, labels: Labels) -> Labels | None:
-    """The display-only layer outlining the selected cells of ``labels`` (by metadata)."""
-    lid = str(labels.unique_id)
-    for layer in viewer.layers:
-        meta = source_of(layer)
-        if (
-            isinstance(layer, Labels)
-            and meta.get("role") == SELECTION_ROLE
-            and meta.get("labels_layer_id") == lid
-        ):
-            return layer
-    return None
-
-
-def update_selection_layer(
-    viewer: Any, labels: Labels, selected: np.ndarray, edges: np.ndarray | None = None
-) -> Labels | None:
-    """Show the cells ``selected`` (label ids) of ``labels`` in a display-only layer.
-
-    Selected cells are tinted and outlined (see
-    :func:`~napari_phenotyper.core.embedding.selection_image`). The layer is made on
-    first use, above ``labels`` (the active layer stays active), and hidden when nothing
-    is selected; the segmentation's own ids are never touched. ``edges``
-    (:func:`~napari_phenotyper.core.embedding.label_edges` of ``labels.data``) saves
-    recomputing the outlines of every cell.
-    """
-    view = find_selection_layer(viewer, labels)
-    selected = np.asarray(selected, dtype=np.int64)
-    if len(selected) == 0:
-        if view is not None:
-            view.visible = False
-        return view
-    data = np.asarray(labels.data)
-    if view is None or view.data.shape != data.shape:
-        if view is not None:
-            viewer.layers.remove(view)
-        view = Labels(
-            selection_image(data, selected, edges=edges),
-            name=f"{labels.name} selection",
-            scale=labels.scale,
-            translate=labels.translate,
-            rotate=labels.rotate,
-            opacity=1.0,
-            blending="translucent",
-            colormap=DirectLabelColormap(color_dict=SELECTION_COLORS),
-            metadata={META_KEY: {"role": SELECTION_ROLE, "labels_layer_id": str(labels.unique_id)}},
-        )
-        view.editable = False
-        active = viewer.layers.selection.active
-        viewer.add_layer(view)
-        if active is not None and active in viewer.layers:  # adding a layer makes it active
-            viewer.layers.selection.active = active
-        return view
-    selection_image(data, selected, out=view.data, edges=edges)
-    if view.visible:
-        view.refresh()
-    else:
-        view.visible = True  # refreshes
-    return view
 
 
 def _is_candidate(layer: Any) -> bool:
@@ -1024,7 +952,12 @@ class PlotsWidget(QWidget):
         hit = nearest_point(to_screen(self._xy), to_screen((x, y)), pixels * ratio)
         if hit is None:
             return self.select_labels([], mode) if mode == "replace" else self._selected.copy()
-        return self.select_labels([self._label_ids[hit]], mode)
+        ids = self.select_labels([self._label_ids[hit]], mode)
+        layer = self._layer
+        if mode == "replace" and layer is not None and layer in self.viewer.layers:
+            # a clicked point is shown in the viewer: outlined (above), flown to and zoomed in on
+            focus_cell(self.viewer, layer, self._table, int(ids[0]), outline=False)
+        return ids
 
     @staticmethod
     def _modifier_mode() -> str:

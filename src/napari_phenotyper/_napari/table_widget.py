@@ -25,7 +25,8 @@ from qtpy.QtWidgets import (
 from ..core.profiles import has_phenotype_columns
 from ..io.export import summary_path, write_summary_csv, write_table_csv
 from .docking import settle_when_docked
-from .layers import camera, fly_to_cell, source_of, table_of
+from .layers import camera, source_of, table_of
+from .selection import focus_cell
 
 if TYPE_CHECKING:
     import napari
@@ -179,7 +180,8 @@ class FeatureTableWidget(QWidget):
         self.show_cell(int(self.model.frame["label"].iloc[row]))
 
     def show_cell(self, label: int) -> None:
-        """Select ``label`` in the labels layer and centre the camera on it."""
+        """Select ``label`` in the labels layer, outline it, centre the camera on it and
+        zoom in until it is easy to see (a closer view is kept)."""
         layer = self._layer
         if layer is None:
             return
@@ -188,7 +190,7 @@ class FeatureTableWidget(QWidget):
             layer.selected_label = int(label)
         finally:
             self._syncing = False
-        fly_to_cell(self.viewer, layer, self.model.frame, int(label))
+        focus_cell(self.viewer, layer, self.model.frame, int(label))
 
     # ---- viewer -> table -----------------------------------------------------------
     def _on_click(self, layer: Labels, event: Any) -> Any:

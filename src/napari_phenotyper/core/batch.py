@@ -291,6 +291,14 @@ class BatchContext:
     classes: tuple[str, ...] = ()
 
 
+def failure_text(exc: BaseException) -> str:
+    """How a failed image is reported: the message alone when it is written for users
+    (an unreadable file says so), else the exception's type and message."""
+    from ..io.images import ImageReadError
+
+    return str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+
+
 def part_paths(out_dir: str | os.PathLike, name: str, part_format: str) -> tuple[Path, Path]:
     """Where an image's cells and its record go: ``parts/<name>.cells.<fmt>``, ``parts/<name>.json``."""
     parts = Path(out_dir) / PARTS
@@ -435,7 +443,7 @@ def iter_process_image(job: ImageJob, ctx: BatchContext) -> Generator[Progress, 
             shape=list(np.shape(image)),
         )
     except Exception as exc:  # one bad image must never stop the run: recorded, reported, skipped
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        record.update(status="failed", error=failure_text(exc))
         for stale in (table_path,):
             if stale.exists():
                 stale.unlink()
@@ -714,7 +722,7 @@ def _failed_record(job: ImageJob, ctx: BatchContext, exc: BaseException) -> dict
         "layout": job.layout_dict,
         "pipeline_sha256": ctx.pipeline_sha256,
         "status": "failed",
-        "error": f"{type(exc).__name__}: {exc}",
+        "error": failure_text(exc),
         "seconds": {},
         "finished": _now(),
     }
@@ -792,7 +800,8 @@ def iter_batch(
         pipeline=pipeline,
         pipeline_sha256=pipeline.sha256(),
         out_dir=str(out.resolve()),
-        part_format="parquet" if parquet_available() else "csv",
+        # the parts follow the chosen format (a CSV run writes no Parquet at all)
+        part_format="parquet" if options.format == "parquet" and parquet_available() else "csv",
         labels=options.labels,
         model=model,
         classes=classes,

@@ -10,12 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "to_grayscale"]
+__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "read_image", "to_grayscale"]
 
 #: File suffixes :func:`read_image` understands (lower case).
 IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """An image file exists but cannot be decoded (empty, truncated, corrupt, or a
+    compression whose codec is missing); the message names the file and what to do."""
+
 
 # ITU-R BT.709 luma weights, the ones skimage.color.rgb2gray uses.
 _LUMA = np.array([0.2125, 0.7154, 0.0721])
@@ -45,22 +51,40 @@ def read_image(path: str | PathLike[str]) -> np.ndarray:
         If ``path`` does not exist.
     ValueError
         If the suffix is not one of :data:`IMAGE_SUFFIXES`.
+    ImageReadError
+        If the file is empty, truncated or corrupt (a :class:`ValueError`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No such image file: {path}")
     suffix = path.suffix.lower()
-    if suffix in _TIFF_SUFFIXES:
-        import tifffile
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(
+            f"Cannot read {path.name}: unsupported file type {suffix!r} (supported: {', '.join(IMAGE_SUFFIXES)})."
+        )
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"Cannot read {path.name}: the file is empty (0 bytes); copy it again.")
+    try:
+        if suffix in _TIFF_SUFFIXES:
+            import tifffile
 
-        return np.asarray(tifffile.imread(path))
-    if suffix in IMAGE_SUFFIXES:
+            return np.asarray(tifffile.imread(path))
         import skimage.io
 
         return np.asarray(skimage.io.imread(path))
-    raise ValueError(
-        f"Cannot read {path.name}: unsupported file type {suffix!r} (supported: {', '.join(IMAGE_SUFFIXES)})."
-    )
+    except MemoryError:
+        raise
+    except ImportError as exc:  # e.g. a compressed TIFF without imagecodecs: say which package
+        raise ImageReadError(f"Cannot read {path.name}: {exc}") from exc
+    except Exception as exc:
+        # imageio answers a corrupt PNG with "Could not find a backend ... pip install
+        # imageio[pyav]", which sends users to install the wrong thing
+        kind = "TIFF" if suffix in _TIFF_SUFFIXES else suffix.lstrip(".").upper()
+        raise ImageReadError(
+            f"Cannot read {path.name}: the file is unreadable or corrupt (not a valid {kind} image: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
+            "Check the file, or copy it again."
+        ) from exc
 
 
 def to_grayscale(image: np.ndarray, channel: int | None = None) -> np.ndarray:
