@@ -206,3 +206,34 @@ def test_undo_and_redo_every_change_for_at_least_100_steps(tmp_path):
     assert store.undo() and store.get("img", 50) == "b"
     store.rename_class("a", "alpha")
     assert store.undo() and [c.name for c in store.classes] == ["a", "b"]
+
+
+def test_excluded_cells_are_kept_like_annotations_but_never_trained_on(tmp_path):
+    """Key X (issue 13): debris and half cells are excluded; saved, undone, and moved
+    with their cell to another segmentation like annotations."""
+    store = AnnotationStore(tmp_path / "s.json")
+    store.add_class("c")
+    store.annotate("img", 1, "c")
+    store.set_value("img", 2, 0.5)
+    store.exclude("img", 2)
+    store.exclude("img", 3)
+    assert store.excluded("img") == {2, 3} and store.n_excluded == 2
+    assert store.annotations("img") == {1: "c"}  # the training set
+    assert store.values("img") == {} and len(store) == 1  # a value goes too
+    assert store.counts() == {"c": 1}
+    store.exclude("img", 1)  # replaces a class annotation
+    assert store.annotations("img") == {} and store.is_excluded("img", 1)
+    assert store.undo() and store.annotations("img") == {1: "c"} and not store.is_excluded("img", 1)
+    restored = AnnotationStore.load(tmp_path / "s.json")
+    assert restored.excluded("img") == {2, 3} and restored.annotations("img") == {1: "c"}
+    store.annotate("img", 3, None)  # taken back in
+    assert store.excluded("img") == {2}
+    with pytest.raises(ValueError, match="reserved"):
+        store.add_class("(excluded)")
+    # re-segmented: the exclusion follows its cell
+    old = np.zeros((20, 20), np.int32)
+    old[:10, :10] = 2
+    new = np.zeros_like(old)
+    new[:10, 1:11] = 9
+    store.apply_transfer("img", transfer_annotations(old, new, store.annotated_labels("img")))
+    assert store.excluded("img") == {9}

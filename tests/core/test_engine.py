@@ -11,6 +11,7 @@ from napari_phenotyper.core.classify.display import cell_codes, label_lut, paint
 from napari_phenotyper.core.classify.engine import (
     MatrixCache,
     annotation_column,
+    border_labels,
     common_feature_columns,
     feature_importances,
     iter_quality,
@@ -19,6 +20,7 @@ from napari_phenotyper.core.classify.engine import (
     training_set,
 )
 from napari_phenotyper.core.classify.model import ClassifierSettings
+from napari_phenotyper.core.features import compute_features
 from napari_phenotyper.core.progress import Progress, run
 
 
@@ -177,3 +179,32 @@ def test_value_codes_use_the_range():
     table = pd.DataFrame({"label": [1, 2, 3], "pheno_value": [0.0, 0.5, 2.0]})
     table["pheno_value_annotation"] = [np.nan, 1.0, np.nan]
     assert cell_codes(table, [], "value", value_range=(0.0, 1.0)).tolist() == [1, 255, 255]
+
+
+def test_proposals_skip_cells_cut_by_the_border_and_excluded_ones():
+    labels = np.zeros((40, 40), np.int32)
+    labels[0:6, 10:16] = 1  # cut by the top border
+    labels[15:21, 15:21] = 2
+    labels[30:40, 30:36] = 3  # cut by the bottom border
+    labels[25:30, 5:10] = 4
+    table = compute_features(labels, {"image": labels.astype(np.float32)}, groups=("shape",))
+    np.testing.assert_array_equal(np.sort(border_labels(table, labels.shape)), [1, 3])
+    proba = {1: 0.5, 2: 0.8, 3: 0.5, 4: 0.9}  # the border cells are the most uncertain
+    pred = pd.DataFrame(
+        {
+            "pheno_class": pd.Categorical(["x"] * 4),
+            "pheno_proba_x": [proba[lab] for lab in table["label"]],
+            "pheno_proba_y": [1 - proba[lab] for lab in table["label"]],
+        }
+    )
+    tables, preds = {"a": table}, {"a": pred}
+    avoid = {"a": border_labels(table, labels.shape)}
+    assert [p.label for p in propose(tables, preds, {"a": []}, strategy="margin", k=4)][:2] in (
+        [1, 3],
+        [3, 1],
+    )
+    got = [p.label for p in propose(tables, preds, {"a": []}, avoid=avoid, strategy="margin", k=4)]
+    assert got == [2, 4]  # never a half cell while whole ones are left
+    # excluded (like annotated) cells are never proposed; border cells when nothing else is left
+    assert [p.label for p in propose(tables, preds, {"a": [2, 4]}, avoid=avoid, k=1)] in ([1], [3])
+    assert propose(tables, preds, {"a": [1, 2, 3, 4]}, avoid=avoid) == []

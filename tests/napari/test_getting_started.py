@@ -15,6 +15,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QInputDialog
 
 from napari_phenotyper._napari.layers import camera, find_result_layer
+from napari_phenotyper._napari.selection import find_selection_layer
 
 PLUGIN = "napari-phenotyper"
 
@@ -53,8 +54,14 @@ def test_getting_started_tutorial_as_written(make_napari_viewer, qtbot, monkeypa
     assert 90 <= n_cells <= 160  # the sample has 125 hand-annotated nuclei
     assert labels.metadata["napari_phenotyper"]["source_layer"] == "nuclei"
 
-    # 4. Plugins > napari-phenotyper > Cell table; sort by area; select a row
-    _, table = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell table")
+    # 4. Plugins > napari-phenotyper > Cell table (a tab next to Segment & measure); sort by area;
+    # select a row: outlined, flown to, zoomed in on
+    table_dock, table = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell table")
+    qtbot.waitUntil(lambda: table_dock.property("napari_phenotyper_dock") is True, timeout=5000)
+    assert [d.windowTitle() for d in viewer.window._qt_window.tabifiedDockWidgets(table_dock)] == [
+        "Segment && measure"
+    ]
+    zoom = float(camera(viewer).zoom)
     table.layer_combo.value = labels
     assert table.model.rowCount() == n_cells
     biggest = int(labels.features.nlargest(1, "area")["label"].iloc[0])
@@ -63,6 +70,9 @@ def test_getting_started_tutorial_as_written(make_napari_viewer, qtbot, monkeypa
     assert labels.selected_label == biggest
     row = labels.features.set_index("label").loc[biggest]
     np.testing.assert_allclose(camera(viewer).center[-2:], (row["centroid_y"], row["centroid_x"]), atol=1.0)
+    assert float(camera(viewer).zoom) > zoom
+    outline = find_selection_layer(viewer, labels)
+    assert outline is not None and outline.visible and (outline.data[labels.data == biggest] > 0).all()
 
     # 5. Plugins > napari-phenotyper > Phenotypes: Add three classes...
     _, pheno = viewer.window.add_plugin_dock_widget(PLUGIN, "Phenotypes")

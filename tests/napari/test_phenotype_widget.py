@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from cellgrid import grid_cells
+from matplotlib.colors import to_rgba
 
+from napari_phenotyper._napari.feedback import FLASH_MS, find_flash_layer, help_without_keys, text_overlay
 from napari_phenotyper._napari.layers import camera, upsert_labels
 from napari_phenotyper._napari.phenotype_view import find_view
 from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
+from napari_phenotyper.core.classify.engine import border_labels
 from napari_phenotyper.core.features import compute_features
 
 ROWS, COLS, STEP = 6, 8, 30
@@ -570,3 +573,95 @@ def test_a_classifier_with_other_channel_names_asks_which_channel_is_which(
     assert (pred.loc[list(kinds2)] == pd.Series(kinds2)).mean() >= 0.95
     w2.close_session()
     qtbot.waitUntil(lambda: w2._worker is None and w2._quality_worker is None, timeout=30000)
+
+
+def test_a_class_key_flashes_the_cell_and_says_the_new_count(setup, qtbot):
+    """Issue 13: class-key feedback where the eyes are (before: a status line in the
+    dock, overwritten 150 ms later)."""
+    viewer, labels, widget, kinds, tmp_path = setup
+    widget.auto.setChecked(False)
+    _point_at(viewer, labels, 7)
+    _press(viewer, qtbot, "2")
+    flash = find_flash_layer(viewer)
+    assert flash is not None and flash.visible and widget.flash.showing
+    np.testing.assert_allclose(flash.data[0], _center(labels.data, 7), atol=0.5)
+    big = next(c for c in widget.store.classes if c.name == "big")
+    np.testing.assert_allclose(flash.face_color[0][:3], to_rgba(big.color)[:3], atol=1e-3)
+    assert text_overlay(viewer).visible and text_overlay(viewer).text == "cell 7 → big: 1 big annotated"
+    assert viewer.layers.selection.active is labels  # the flash layer never takes the keys
+    _point_at(viewer, labels, 8)
+    _press(viewer, qtbot, "2")
+    assert text_overlay(viewer).text == "cell 8 → big: 2 big annotated"
+    np.testing.assert_allclose(flash.data[0], _center(labels.data, 8), atol=0.5)
+    assert len([lay for lay in viewer.layers if lay is flash]) == 1  # one layer, moved
+    _press(viewer, qtbot, "0")
+    assert text_overlay(viewer).text == "cell 8 cleared"
+    qtbot.waitUntil(lambda: not flash.visible and not text_overlay(viewer).visible, timeout=FLASH_MS * 5)
+    assert not widget.flash.showing
+
+
+def test_napari_status_bar_does_not_advertise_number_keys_we_took(setup):
+    viewer, labels, widget, kinds, tmp_path = setup
+    for mode in ("paint", "pan_zoom", "fill"):
+        labels.mode = mode  # napari writes its help again on every mode change
+        assert "label eraser" not in viewer.help and "use <1> for" not in labels.help
+        assert viewer.help.startswith("use <1>-<9> to give the cell under the mouse a class")
+        assert help_without_keys(labels.help, {"1"}) == labels.help  # stable
+    widget.close_session()
+    labels.mode = "paint"
+    assert "label eraser" in viewer.help  # napari's own keys are back
+
+
+@pytest.fixture
+def cropped(make_napari_viewer, qtbot, tmp_path):
+    """The grid with its top rows and left columns cut: the outer cells touch the border."""
+    viewer = make_napari_viewer()
+    image, labels, kinds = _cells()
+    image, labels = image[22:, 22:], labels[22:, 22:]
+    img_layer = viewer.add_image(image, name="cells")
+    feats = compute_features(labels, {"image": image})
+    lab_layer = upsert_labels(viewer, img_layer, labels, feats, {"backend": "test"})
+    widget = PhenotypeWidget(viewer, session_path=tmp_path / "session.json")
+    viewer.window.add_dock_widget(widget)
+    widget.add_class("small")
+    widget.add_class("big")
+    viewer.layers.selection.active = lab_layer
+    yield viewer, lab_layer, widget, kinds, tmp_path
+    widget.close_session()
+    qtbot.waitUntil(lambda: widget._worker is None and widget._quality_worker is None, timeout=30000)
+
+
+def test_x_excludes_a_proposed_cell_and_proposals_skip_border_cells(cropped, qtbot):
+    """Issue 13: proposals skip cells cut by the image border, and X excludes a cell
+    (debris, a half cell) from proposals and training; X again takes it back in."""
+    viewer, labels, widget, kinds, _ = cropped
+    key = widget.key_of(labels)
+    table = widget._tables[id(labels)]
+    border = set(border_labels(table, labels.data.shape).tolist())
+    assert len(border) >= 5  # cells of the cut row and column
+    given = [lab for lab in table["label"] if lab not in border][:4]
+    for lab in given:
+        widget.annotate(labels, lab, kinds[lab])
+    _wait_trained(widget, qtbot)
+    queue = widget.proposals(30)
+    inner = {p.label for p in queue} - border
+    assert inner and not ({p.label for p in queue[: len(inner)]} & border)  # whole cells first
+    viewer.cursor.position = (-100, -100)
+    _press(viewer, qtbot, "n")
+    _layer, proposed = widget.current
+    assert proposed not in border
+    _press(viewer, qtbot, "x")  # the key goes to the proposed cell
+    assert widget.store.is_excluded(key, proposed)
+    assert bool(labels.features.set_index("label").loc[proposed, "pheno_excluded"])
+    assert text_overlay(viewer).text.startswith(f"cell {proposed} excluded")
+    assert proposed not in {p.label for p in widget.proposals(len(table))}
+    # the answer moved on, as after a class key
+    qtbot.waitUntil(lambda: widget.current is not None and widget.current[1] != proposed, timeout=20000)
+    # X again on the cell takes it back in; Ctrl+Z undoes
+    _point_at(viewer, labels, proposed)
+    _press(viewer, qtbot, "x")
+    assert not widget.store.is_excluded(key, proposed)
+    _press(viewer, qtbot, "Control-Z")
+    assert widget.store.is_excluded(key, proposed)
+    saved = json.loads((widget.store.path).read_text())
+    assert {"image": key, "label": proposed, "class": "(excluded)"} in saved["annotations"]

@@ -53,6 +53,7 @@ from ..core.classify.engine import (
     Proposal,
     TrainResult,
     annotation_column,
+    border_labels,
     feature_importances,
     iter_quality,
     iter_train_predict,
@@ -63,10 +64,12 @@ from ..core.classify.model import CLASSIFIERS, FEATURE_GROUP_NAMES, ClassifierSe
 from ..core.classify.query import STRATEGIES
 from ..core.classify.transfer import transfer_annotations
 from .docking import scroll_body, settle_when_docked
-from .layers import META_KEY, features_for_layer, fly_to_cell, source_of, table_of
+from .feedback import AnnotationFlash, KeyHelp
+from .layers import META_KEY, cell_world_position, features_for_layer, fly_to_cell, source_of, table_of
 from .lost_view import find_lost_layer, update_lost_layer
 from .params_form import compact_widths
 from .phenotype_view import VIEW_ROLE, find_view, update_view
+from .selection import cell_diameter
 from .workers import start_job, user_message
 
 if TYPE_CHECKING:
@@ -164,6 +167,9 @@ class PhenotypeWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._sync_layers)
         self.viewer.layers.events.removed.connect(self._sync_layers)
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+        self.flash = AnnotationFlash(self.viewer)  # what a class key shows on the canvas
+        # napari's status bar must not advertise <1> label eraser while 1-9 are class keys
+        self.key_help = KeyHelp(self.viewer, {*CLASS_KEYS, "0", "Backspace", "n", "N", "x", "X"})
         self._bind_keys(self.viewer)
         self._sync_layers()
         self._refresh_classes()
@@ -408,6 +414,7 @@ class PhenotypeWidget(QWidget):
             self._snapshots.pop(lid, None)
             layer.events.features.disconnect(self._on_features)
             layer.events.data.disconnect(self._on_data)
+            self.key_help.forget(layer)
             if hasattr(layer.events, "paint"):
                 layer.events.paint.disconnect(self._on_paint)
             for extra in (find_view(self.viewer, layer), find_lost_layer(self.viewer, layer)):
@@ -780,10 +787,13 @@ class PhenotypeWidget(QWidget):
         owner.bind_key("0", self._key_handler(0), overwrite=True)
         owner.bind_key("Backspace", self._key_handler(0), overwrite=True)
         owner.bind_key("n", lambda _o: self.next_cell(), overwrite=True)
+        owner.bind_key("x", lambda _o: self.exclude_target(), overwrite=True)
         owner.bind_key("Control-Z", self._undo_key(redo=False), overwrite=True)
         owner.bind_key("Control-Shift-Z", self._undo_key(redo=True), overwrite=True)
         owner.bind_key("Control-Y", self._undo_key(redo=True), overwrite=True)
         self._bound.append(owner)
+        if isinstance(owner, Labels):
+            self.key_help.attach(owner)
 
     def _key_handler(self, number: int) -> Callable[[Any], None]:
         def handler(_owner: Any) -> None:
@@ -842,6 +852,42 @@ class PhenotypeWidget(QWidget):
             self._proposal_cursor = None
         return self.cell_under_cursor() or self.current
 
+    def exclude_target(self) -> None:
+        """Key X: exclude the target cell (debris, a half cell) from proposals and
+        training; X again takes it back in."""
+        target = self.target_cell()
+        if target is None:
+            self._set_status("Point at a cell (or press N for a proposal) before pressing X.")
+            return
+        self.exclude(*target)
+
+    def exclude(self, layer: Labels, label: int, excluded: bool | None = None) -> None:
+        """Exclude a cell from proposals and training (``excluded=None``: toggle)."""
+        key = self.key_of(layer)
+        table = self._tables.get(id(layer))
+        if table is None or not (table["label"].to_numpy() == int(label)).any():
+            self._set_status(f"Cell {label} has no measurements; measure {layer.name} first.")
+            return
+        now = self.store.is_excluded(key, int(label))
+        if excluded is None:
+            excluded = not now
+        if excluded == now:
+            return
+        if excluded:
+            self.store.exclude(key, int(label), shape=self._shape_for(layer, int(label)))
+            what = "excluded (X again takes it back)"
+        else:
+            self.store.annotate(key, int(label), None)
+            what = "taken back in"
+        self._set_status(f"{layer.name}: cell {label} {what}.")
+        self._flash(layer, int(label), None, what)
+        if self.current is not None and self.current[0] is layer and self.current[1] == int(label):
+            self._advance = bool(excluded) and self.auto_next.isChecked()
+        self._remove_from_queue(key, int(label))
+        self._write_features(layer)
+        self._refresh_classes()
+        self._schedule()
+
     def annotate_current(self, cls: str | None = None, value: float | None = None) -> None:
         target = self.target_cell()
         if target is not None:
@@ -864,6 +910,7 @@ class PhenotypeWidget(QWidget):
             self.store.annotate(key, label, cls, shape=shape)
             what = "cleared" if cls is None else f"→ {cls}"
         self._set_status(f"{layer.name}: cell {label} {what} (session saved to {self.store.path}).")
+        self._flash(layer, int(label), cls if value == "unset" else None, what)
         if self.current is not None and self.current[0] is layer and self.current[1] == int(label):
             self._advance = self.auto_next.isChecked() and (cls is not None or value not in ("unset", None))
         self._remove_from_queue(key, int(label))
@@ -874,6 +921,20 @@ class PhenotypeWidget(QWidget):
             self._write_features(layer)
         self._refresh_classes()
         self._schedule()
+
+    def _flash(self, layer: Labels, label: int, cls: str | None, what: str) -> None:
+        """Show the answer where the eyes are: the cell rings in its class colour for a
+        moment and the canvas says the class's new count."""
+        table = self._tables.get(id(layer))
+        if table is None:
+            return
+        world = cell_world_position(self.viewer, layer, table, label)
+        size = 1.3 * max(cell_diameter(table, label), 4.0) * float(np.mean(np.abs(layer.scale[-2:])))
+        color = next((c.color for c in self.store.classes if c.name == cls), None)
+        text = f"cell {label} {what}"
+        if cls is not None:
+            text += f": {self.store.count(cls)} {cls} annotated"
+        self.flash.show(world, size, color, text)
 
     def annotate_many(self, layer: Labels, labels: list[int], cls: str | None) -> int:
         """Give many cells one class at once (e.g. a lasso selection in the Plots dock);
@@ -949,6 +1010,9 @@ class PhenotypeWidget(QWidget):
         out["pheno_annotation"] = annotation_column(
             labels, self.store.annotations(key), [c.name for c in self.store.classes]
         )
+        excluded = self.store.excluded(key)
+        if excluded:
+            out["pheno_excluded"] = np.isin(labels, np.fromiter(excluded, dtype=np.int64))
         values = self.store.values(key)
         if values or self.task == "regression":
             out["pheno_value_annotation"] = np.array(
@@ -1256,13 +1320,23 @@ class PhenotypeWidget(QWidget):
             return []
         tables = {self.key_of(lay): self._tables[id(lay)] for lay in self.layers() if id(lay) in self._tables}
         annotated = {
-            key: (self.store.values(key) if self.task == "regression" else self.store.annotations(key)).keys()
+            key: {
+                *(self.store.values(key) if self.task == "regression" else self.store.annotations(key)),
+                *self.store.excluded(key),
+            }
             for key in tables
+        }
+        # cells cut by the image border are a poor example: proposed only when nothing else is left
+        avoid = {
+            self.key_of(lay): border_labels(self._tables[id(lay)], np.shape(lay.data))
+            for lay in self.layers()
+            if id(lay) in self._tables
         }
         return propose(
             tables,
             self.result.predictions,
             annotated,
+            avoid=avoid,
             strategy=str(self.strategy.currentData()),
             k=k,
             diverse=diverse,
@@ -1505,12 +1579,14 @@ class PhenotypeWidget(QWidget):
         """Stop the timers, unbind our keys and callbacks (called when the dock closes)."""
         for timer in (self._timer, self._refine_timer, self._quality_timer):
             timer.stop()
+        self.flash.hide()
         self.auto.setChecked(False)
         for owner in self._bound:
-            for k in [*CLASS_KEYS, "0", "Backspace", "n", *UNDO_KEYS]:
+            for k in [*CLASS_KEYS, "0", "Backspace", "n", "x", *UNDO_KEYS]:
                 with contextlib.suppress(KeyError, ValueError):
                     owner.bind_key(k, None)
         self._bound.clear()
+        self.key_help.detach_all()
         if self._on_mouse in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
 

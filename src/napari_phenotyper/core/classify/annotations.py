@@ -29,6 +29,7 @@ from .geometry import CellShape, match_shape
 from .transfer import TransferResult
 
 __all__ = [
+    "EXCLUDED",
     "SESSION_FORMAT",
     "UNDO_STEPS",
     "AnnotationStore",
@@ -48,6 +49,12 @@ MIN_IOU = 0.5
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")
 #: Default colours of new classes (colour-blind friendly, Okabe-Ito).
 DEFAULT_COLORS = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999")
+
+
+#: The "class" of an excluded cell (debris, a half cell, an artefact): never proposed,
+#: never trained on, kept like an annotation (saved, undone, moved with its cell to
+#: another segmentation). Not a class of the model and not a user's class name.
+EXCLUDED = "(excluded)"
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 2**20) -> str:
@@ -234,6 +241,8 @@ class AnnotationStore:
 
     def add_class(self, name: str, color: str | None = None) -> PhenotypeClass:
         """Add a class (a default colour when none is given)."""
+        if name == EXCLUDED:
+            raise ValueError(f"{EXCLUDED!r} is reserved for excluded cells (key X); choose another name.")
         if name in self._classes:
             raise ValueError(f"There is already a class named {name!r}.")
         color = color or DEFAULT_COLORS[len(self._classes) % len(DEFAULT_COLORS)]
@@ -278,7 +287,7 @@ class AnnotationStore:
         return n
 
     def _require(self, name: str) -> None:
-        if name not in self._classes:
+        if name not in self._classes and name != EXCLUDED:
             raise KeyError(
                 f"No class named {name!r}; the classes are: {', '.join(self._classes) or 'none yet'}."
             )
@@ -391,16 +400,48 @@ class AnnotationStore:
         return self._cells.get((str(image), int(label)))
 
     def annotations(self, image: str) -> dict[int, str]:
-        """Label id -> class of the annotated cells of ``image``."""
+        """Label id -> class of the annotated cells of ``image`` (excluded cells are not
+        annotations: see :meth:`excluded`)."""
         image = str(image)
-        return {lab: c for (img, lab), c in self._cells.items() if img == image}
+        return {lab: c for (img, lab), c in self._cells.items() if img == image and c != EXCLUDED}
+
+    def exclude(self, image: str, label: int, shape: CellShape | Mapping[str, Any] | None = None) -> None:
+        """Exclude a cell (debris, a cell cut in half): it is never proposed and never
+        trained on; its class annotation, if any, is replaced. Undone like an annotation;
+        :meth:`annotate` with ``None`` takes it back in. A value it was given is dropped
+        too (one undo step)."""
+        key = (str(image), int(label))
+        if key[1] <= 0:
+            raise ValueError("Background (label 0) cannot be excluded.")
+        if self._cells.get(key) == EXCLUDED and key not in self._values:
+            return
+        before = self._state()
+        self._cells[key] = EXCLUDED
+        self._values.pop(key, None)
+        if shape is not None:
+            self._shapes[key] = _shape_json(shape)  # type: ignore[assignment]
+        self._changed(before)
+
+    def excluded(self, image: str) -> set[int]:
+        """Label ids of the excluded cells of ``image``."""
+        image = str(image)
+        return {lab for (img, lab), c in self._cells.items() if img == image and c == EXCLUDED}
+
+    def is_excluded(self, image: str, label: int) -> bool:
+        return self._cells.get((str(image), int(label))) == EXCLUDED
+
+    @property
+    def n_excluded(self) -> int:
+        return sum(1 for c in self._cells.values() if c == EXCLUDED)
 
     def __iter__(self) -> Iterator[tuple[str, int, str]]:
+        """Every ``(image, label, class)``, the excluded cells too (class :data:`EXCLUDED`)."""
         for (img, lab), c in sorted(self._cells.items()):
             yield img, lab, c
 
     def __len__(self) -> int:
-        return len(self._cells)
+        """How many cells have a class annotation (excluded cells not counted)."""
+        return sum(1 for c in self._cells.values() if c != EXCLUDED)
 
     def count(self, class_name: str) -> int:
         return sum(1 for c in self._cells.values() if c == class_name)

@@ -35,6 +35,7 @@ __all__ = [
     "Proposal",
     "TrainResult",
     "annotation_column",
+    "border_labels",
     "common_feature_columns",
     "feature_importances",
     "iter_quality",
@@ -380,11 +381,32 @@ class Proposal:
     predicted: str | None = None
 
 
+def border_labels(table: pd.DataFrame, shape: Sequence[int]) -> np.ndarray:
+    """Label ids of the cells cut by the image border (bounding box on its first or last
+    row or column), from the table's ``bbox_*`` columns; empty without them.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Per-cell table with ``label`` and ``bbox_min_y/x``, ``bbox_max_y/x`` (exclusive).
+    shape : sequence of int
+        The image's shape; its last two entries are (rows, columns).
+    """
+    cols = ["bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"]
+    if "label" not in table or not all(c in table for c in cols):
+        return np.empty(0, np.int64)
+    rows, columns = (int(v) for v in tuple(shape)[-2:])
+    b = table[cols].to_numpy(dtype=float)
+    cut = (b[:, 0] <= 0) | (b[:, 1] <= 0) | (b[:, 2] >= rows) | (b[:, 3] >= columns)
+    return table["label"].to_numpy(dtype=np.int64)[cut]
+
+
 def propose(
     tables: Mapping[str, pd.DataFrame],
     predictions: Mapping[str, pd.DataFrame],
     annotated: Mapping[str, Any],
     *,
+    avoid: Mapping[str, Any] | None = None,
     strategy: str = "margin",
     k: int = 1,
     diverse: bool = False,
@@ -401,7 +423,10 @@ def propose(
     predictions : mapping
         Image key -> the :class:`TrainResult` predictions of that table.
     annotated : mapping
-        Image key -> collection of annotated label ids (never proposed).
+        Image key -> collection of label ids never proposed (annotated or excluded).
+    avoid : mapping, optional
+        Image key -> label ids proposed only when no other cell is left, e.g. the cells
+        cut by the image border (:func:`border_labels`): half a cell is a poor example.
     strategy : str
         A name in :data:`~napari_phenotyper.core.classify.query.STRATEGIES`; in value
         mode (predictions with ``pheno_value_spread``) the spread is the score.
@@ -424,6 +449,7 @@ def propose(
     labels_parts: list[np.ndarray] = []
     owner: list[str] = []
     cand_parts: list[np.ndarray] = []
+    avoid_parts: list[np.ndarray] = []
     X_parts: list[np.ndarray] = []
     pred_parts: list[np.ndarray | None] = []
     value_mode = "pheno_value_spread" in predictions[keys[0]].columns
@@ -443,6 +469,12 @@ def propose(
         owner.extend([key] * len(labels))
         ann = annotated.get(key) or ()
         cand_parts.append(~np.isin(labels, np.fromiter((int(a) for a in ann), dtype=np.int64)))
+        far = (avoid or {}).get(key)
+        avoid_parts.append(
+            np.isin(labels, np.fromiter((int(a) for a in far), dtype=np.int64))
+            if far is not None and len(far)
+            else np.zeros(len(labels), bool)
+        )
         if feature_names is not None:
             X_parts.append(tables[key][list(feature_names)].to_numpy(dtype=float, copy=True))
     if not labels_parts:
@@ -450,6 +482,9 @@ def propose(
     candidates = np.concatenate(cand_parts)
     if not candidates.any():
         return []
+    preferred = candidates & ~np.concatenate(avoid_parts)
+    if preferred.any():  # border cells only when nothing else is left
+        candidates = preferred
     X = None
     if X_parts:
         X = np.concatenate(X_parts)
