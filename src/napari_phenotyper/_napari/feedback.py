@@ -3,8 +3,10 @@ line on the canvas with the class's new count.
 
 The dock's status line is far from where the biologist looks, and napari overwrites
 its own status bar on the next mouse move; the flash and the canvas line are where
-the eyes are. One Points layer (made on the first press, then only moved and shown)
-and napari's text overlay; both hide again after :data:`FLASH_MS`.
+the eyes are. Both are drawn by a transparent Qt widget over napari's canvas, not by
+napari layers or overlays: a first Points layer or text overlay compiles GL shaders
+on the GUI thread (measured 0.3-2 s with Mesa's llvmpipe), a Qt paint costs well
+under a millisecond. They hide again after :data:`FLASH_MS` or when the camera moves.
 """
 
 from __future__ import annotations
@@ -14,45 +16,74 @@ import re
 from typing import Any
 
 import numpy as np
-from napari.layers import Points
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
+from qtpy.QtGui import QColor, QFont, QPainter, QPen
+from qtpy.QtWidgets import QWidget
 
-from .layers import META_KEY, source_of
+from .layers import camera as camera_of
 
-__all__ = [
-    "FLASH_MS",
-    "FLASH_ROLE",
-    "AnnotationFlash",
-    "KeyHelp",
-    "find_flash_layer",
-    "help_without_keys",
-    "text_overlay",
-]
+__all__ = ["FLASH_MS", "AnnotationFlash", "KeyHelp", "help_without_keys"]
 
 #: How long the flash and the canvas line stay (ms).
 FLASH_MS = 700
-#: Role (in our metadata) of the display-only layer that flashes an annotated cell.
-FLASH_ROLE = "annotation_flash"
 _CLEARED_COLOR = "#B0B0B0"
 
 
-def find_flash_layer(viewer: Any) -> Points | None:
-    """The viewer's flash layer, if one was made."""
-    for layer in viewer.layers:
-        if isinstance(layer, Points) and source_of(layer).get("role") == FLASH_ROLE:
-            return layer
+def _canvas_widget(viewer: Any) -> QWidget | None:
+    """napari's canvas as a Qt widget (``None`` without a window, e.g. a headless model)."""
+    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+    canvas = getattr(qt_viewer, "canvas", None)
+    for native in (
+        getattr(canvas, "native", None),
+        getattr(getattr(canvas, "_scene_canvas", None), "native", None),
+    ):
+        if isinstance(native, QWidget):
+            return native
     return None
 
 
-def text_overlay(viewer: Any) -> Any:
-    """napari's canvas text overlay (``viewer.canvas.overlays.text`` since 0.9)."""
-    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
-    text = getattr(overlays, "text", None)
-    return text if text is not None else viewer.text_overlay
+class _Overlay(QWidget):
+    """Transparent, click-through, drawn over the canvas: a ring and a line of text."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.ring: tuple[float, float, float] | None = None  # x, y, radius in widget pixels
+        self.color = QColor(_CLEARED_COLOR)
+        self.text = ""
+        self.hide()
+
+    def paintEvent(self, _event: Any) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        if self.ring is not None:
+            x, y, r = self.ring
+            painter.setPen(QPen(self.color, max(3.0, r * 0.15)))
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.drawEllipse(QPointF(x, y), r, r)
+        if self.text:
+            font = QFont(painter.font())
+            font.setPointSizeF(max(font.pointSizeF(), 11.0))
+            painter.setFont(font)
+            metrics = painter.fontMetrics()
+            w, h = metrics.horizontalAdvance(self.text) + 20, metrics.height() + 10
+            box = QRectF((self.width() - w) / 2, self.height() - h - 12, w, h)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(QColor(0, 0, 0, 170))
+            painter.drawRoundedRect(box, 6, 6)
+            painter.setPen(QColor("white"))
+            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, self.text)
+        painter.end()
 
 
 class AnnotationFlash:
-    """Flash an annotated cell and say what changed on the canvas, for a moment."""
+    """Flash an annotated cell and say what changed on the canvas, for a moment.
+
+    ``text``, ``color`` and ``ring`` (screen position and radius) say what is shown,
+    for tests and scripts; ``showing`` whether it is on screen.
+    """
 
     def __init__(self, viewer: Any) -> None:
         self.viewer = viewer
@@ -60,65 +91,82 @@ class AnnotationFlash:
         self._timer.setSingleShot(True)
         self._timer.setInterval(FLASH_MS)
         self._timer.timeout.connect(self.hide)
-        self._text: str | None = None  # what we put on the text overlay (restored after)
-        self._overlay_before: tuple[bool, str] | None = None
+        self._overlay: _Overlay | None = None
+        self.text = ""
+        self.color: str | None = None
+        self.ring: tuple[float, float, float] | None = None
+        self.showing = False
+        camera = camera_of(viewer)
+        if camera is not None:
+            camera.events.center.connect(self._on_camera)
+            camera.events.zoom.connect(self._on_camera)
+
+    def _get_overlay(self) -> _Overlay | None:
+        if self._overlay is not None:
+            with contextlib.suppress(RuntimeError):  # its canvas was deleted
+                self._overlay.isVisible()
+                return self._overlay
+            self._overlay = None
+        canvas = _canvas_widget(self.viewer)
+        if canvas is None:
+            return None
+        self._overlay = _Overlay(canvas)
+        return self._overlay
+
+    def _screen(self, world: np.ndarray, size: float) -> tuple[float, float, float] | None:
+        """Where ``world`` (y, x) is on the canvas, in widget pixels (2D views only)."""
+        canvas = _canvas_widget(self.viewer)
+        dims = getattr(self.viewer, "dims", None)
+        if canvas is None or (dims is not None and int(getattr(dims, "ndisplay", 2)) != 2):
+            return None
+        camera = camera_of(self.viewer)
+        cy, cx = (float(v) for v in tuple(camera.center)[-2:])
+        zoom = float(camera.zoom)
+        y, x = float(world[-2]), float(world[-1])
+        sx = (x - cx) * zoom + canvas.width() / 2
+        sy = (y - cy) * zoom + canvas.height() / 2
+        return sx, sy, max(size * zoom / 2, 6.0)
 
     def show(self, world: np.ndarray | None, size: float, color: str | None, text: str) -> None:
         """Ring the cell at ``world`` (``size`` world units across) in ``color``
         (``None``: cleared, grey) and show ``text`` on the canvas."""
-        color = color or _CLEARED_COLOR
-        if world is not None:
-            point = (
-                np.asarray([world[-2:]], dtype=float) if len(world) == 2 else np.asarray([world], dtype=float)
-            )
-            flash = find_flash_layer(self.viewer)
-            if flash is None or flash.ndim != point.shape[1]:
-                if flash is not None:
-                    self.viewer.layers.remove(flash)
-                active = self.viewer.layers.selection.active
-                flash = Points(
-                    point,
-                    name="annotated cell",
-                    symbol="ring",
-                    size=size,
-                    face_color=color,
-                    border_width=0,
-                    opacity=0.9,
-                    metadata={META_KEY: {"role": FLASH_ROLE}},
-                )
-                flash.editable = False
-                self.viewer.add_layer(flash)
-                if active is not None and active in self.viewer.layers:  # adding made it active
-                    self.viewer.layers.selection.active = active
-            else:
-                flash.data = point
-                flash.size = size
-                flash.face_color = color
-                flash.visible = True
-        overlay = text_overlay(self.viewer)
-        if self._text is None:  # keep what someone else showed there
-            self._overlay_before = (bool(overlay.visible), str(overlay.text))
-        overlay.text = text
-        overlay.visible = True
-        self._text = text
+        self.text, self.color = text, color or _CLEARED_COLOR
+        self.ring = None if world is None else self._screen(np.asarray(world, dtype=float), size)
+        self.showing = True
+        overlay = self._get_overlay()
+        if overlay is not None:
+            canvas = overlay.parentWidget()
+            overlay.setGeometry(0, 0, canvas.width(), canvas.height())
+            overlay.ring, overlay.color, overlay.text = self.ring, QColor(self.color), text
+            overlay.show()
+            overlay.raise_()
+            overlay.update()
         self._timer.start()
 
-    def hide(self) -> None:
-        """Hide the flash and give the text overlay back as it was."""
-        self._timer.stop()
-        flash = find_flash_layer(self.viewer)
-        if flash is not None:
-            flash.visible = False
-        overlay = text_overlay(self.viewer)
-        if self._text is not None and overlay.text == self._text and self._overlay_before is not None:
-            overlay.visible, overlay.text = self._overlay_before
-        self._text = None
-        self._overlay_before = None
+    def _on_camera(self, _event: Any = None) -> None:
+        if self.showing and self.ring is not None:  # the ring would point at another cell
+            self.ring = None
+            if self._overlay is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._overlay.ring = None
+                    self._overlay.update()
 
-    @property
-    def showing(self) -> bool:
-        """Whether a flash is on screen now."""
-        return self._text is not None
+    def hide(self) -> None:
+        """Take the flash and the line away."""
+        self._timer.stop()
+        self.showing = False
+        if self._overlay is not None:
+            with contextlib.suppress(RuntimeError):
+                self._overlay.hide()
+
+    def close(self) -> None:
+        """Hide and stop following the camera (the dock closes)."""
+        self.hide()
+        camera = camera_of(self.viewer)
+        if camera is not None:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                camera.events.center.disconnect(self._on_camera)
+                camera.events.zoom.disconnect(self._on_camera)
 
 
 # ---- napari's status-bar help ------------------------------------------------------------

@@ -1579,7 +1579,7 @@ class PhenotypeWidget(QWidget):
         """Stop the timers, unbind our keys and callbacks (called when the dock closes)."""
         for timer in (self._timer, self._refine_timer, self._quality_timer):
             timer.stop()
-        self.flash.hide()
+        self.flash.close()
         self.auto.setChecked(False)
         for owner in self._bound:
             for k in [*CLASS_KEYS, "0", "Backspace", "n", "x", *UNDO_KEYS]:
