@@ -667,7 +667,8 @@ def test_x_excludes_a_proposed_cell_and_proposals_skip_border_cells(cropped, qtb
     assert proposed not in border
     _press(viewer, qtbot, "x")  # the key goes to the proposed cell
     assert widget.store.is_excluded(key, proposed)
-    assert bool(labels.features.set_index("label").loc[proposed, "pheno_excluded"])
+    row = labels.features.set_index("label").loc[proposed]
+    assert bool(row["pheno_excluded"]) and pd.isna(row["pheno_class"])  # no phenotype for debris
     assert widget.flash.text.startswith(f"cell {proposed} excluded")
     assert proposed not in {p.label for p in widget.proposals(len(table))}
     # the answer moved on, as after a class key

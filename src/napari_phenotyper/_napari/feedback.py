@@ -29,17 +29,22 @@ FLASH_MS = 700
 _CLEARED_COLOR = "#B0B0B0"
 
 
-def _canvas_widget(viewer: Any) -> QWidget | None:
-    """napari's canvas as a Qt widget (``None`` without a window, e.g. a headless model)."""
-    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
-    canvas = getattr(qt_viewer, "canvas", None)
-    for native in (
-        getattr(canvas, "native", None),
-        getattr(getattr(canvas, "_scene_canvas", None), "native", None),
-    ):
-        if isinstance(native, QWidget):
-            return native
-    return None
+def _canvas_widget(host: QWidget | None) -> QWidget | None:
+    """napari's canvas as a Qt widget: the largest OpenGL widget in ``host``'s window.
+
+    Found through Qt, not through napari's private ``_qt_viewer`` (which napari warns
+    plugins about); ``None`` when ``host`` is not in a window with a canvas yet.
+    """
+    if host is None:
+        return None
+    try:
+        window = host.window()
+    except RuntimeError:  # deleted
+        return None
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    found = [w for w in window.findChildren(QOpenGLWidget) if not w.isHidden()]
+    return max(found, key=lambda w: w.width() * w.height()) if found else None
 
 
 class _Overlay(QWidget):
@@ -85,8 +90,9 @@ class AnnotationFlash:
     for tests and scripts; ``showing`` whether it is on screen.
     """
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Any, host: QWidget | None = None) -> None:
         self.viewer = viewer
+        self.host = host  # a widget in napari's window (the dock): where the canvas is found
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(FLASH_MS)
@@ -107,7 +113,7 @@ class AnnotationFlash:
                 self._overlay.isVisible()
                 return self._overlay
             self._overlay = None
-        canvas = _canvas_widget(self.viewer)
+        canvas = _canvas_widget(self.host)
         if canvas is None:
             return None
         self._overlay = _Overlay(canvas)
@@ -115,7 +121,7 @@ class AnnotationFlash:
 
     def _screen(self, world: np.ndarray, size: float) -> tuple[float, float, float] | None:
         """Where ``world`` (y, x) is on the canvas, in widget pixels (2D views only)."""
-        canvas = _canvas_widget(self.viewer)
+        canvas = self._overlay.parentWidget() if self._overlay is not None else _canvas_widget(self.host)
         dims = getattr(self.viewer, "dims", None)
         if canvas is None or (dims is not None and int(getattr(dims, "ndisplay", 2)) != 2):
             return None

@@ -167,7 +167,7 @@ class PhenotypeWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._sync_layers)
         self.viewer.layers.events.removed.connect(self._sync_layers)
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
-        self.flash = AnnotationFlash(self.viewer)  # what a class key shows on the canvas
+        self.flash = AnnotationFlash(self.viewer, host=self)  # what a class key shows on the canvas
         # napari's status bar must not advertise <1> label eraser while 1-9 are class keys
         self.key_help = KeyHelp(self.viewer, {*CLASS_KEYS, "0", "Backspace", "n", "N", "x", "X"})
         self._bind_keys(self.viewer)
@@ -1022,6 +1022,8 @@ class PhenotypeWidget(QWidget):
         if pred is not None and len(pred) == len(table) and pred.index.equals(table.index):
             for c in pred.columns:
                 out[c] = pred[c]
+            if excluded and "pheno_class" in out:  # debris gets no phenotype (nor a colour)
+                out["pheno_class"] = out["pheno_class"].where(~out["pheno_excluded"])
         return out
 
     def _write_features(self, layer: Labels) -> None:
