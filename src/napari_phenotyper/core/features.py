@@ -718,8 +718,11 @@ def _intensity_chunk(
 class _Quantiser:
     """Grey levels ``0 .. levels - 1`` on an image's global (finite) range.
 
-    ``floor((v - min) / (max - min) * levels)`` clipped to ``levels - 1``; integer
-    images with a small range go through a lookup table.
+    ``floor((v - min) / (max - min) * levels)`` clipped to ``levels - 1``, computed as
+    written: exactly in integers for integer images (``(v - min) * levels // (max - min)``),
+    and dividing before scaling for float images. Pre-dividing (``v * (levels / range)``)
+    put values on a bin edge one level low: 49 of 0..98 at 32 levels is level 16, not 15.
+    Integer images with a small range go through a lookup table.
     """
 
     def __init__(self, image: np.ndarray, levels: int):
@@ -728,21 +731,30 @@ class _Quantiser:
             finite = image[np.isfinite(image)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         else:
-            lo, hi = float(image.min()), float(image.max())
-        self.lo = lo
-        self.scale = levels / (hi - lo) if hi > lo else 0.0
+            lo, hi = (int(image.min()), int(image.max())) if image.size else (0, 0)
+        self.lo, self.span = lo, hi - lo
+        # integer arithmetic stays exact while (v - min) * levels fits in int64
+        self.exact = image.dtype.kind in "iub" and lo > -(2**62) and hi < 2**62 and self.span * levels < 2**62
         self.lut: np.ndarray | None = None
         if image.dtype.kind in "iub" and lo >= 0 and hi < (1 << 16):
             self.lut = self._compute(np.arange(int(hi) + 1))[0].astype(np.int32)
 
     def _compute(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        v = raw.astype(np.float64)
-        finite = np.isfinite(v) if raw.dtype.kind == "f" else None
-        v -= self.lo
-        v *= self.scale
-        if finite is not None:
-            v[~finite] = 0
-        q = np.floor(v, out=v).astype(np.int64)
+        finite = np.isfinite(raw) if raw.dtype.kind == "f" else None
+        if self.span <= 0:
+            q = np.zeros(raw.shape, np.int64)
+        elif self.exact:
+            q = raw.astype(np.int64) - int(self.lo)
+            q *= self.levels
+            q //= int(self.span)
+        else:
+            v = raw.astype(np.float64)
+            v -= self.lo
+            v /= self.span
+            v *= self.levels
+            if finite is not None:
+                v[~finite] = 0
+            q = np.floor(v, out=v).astype(np.int64)
         np.clip(q, 0, self.levels - 1, out=q)
         return q, finite
 
