@@ -104,6 +104,11 @@ def test_evaluate_command(tmp_path, capsys):
     )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("RESULT ap50=1.0000") and last.endswith("n_images=2")
+    argv = ["evaluate", "--images", str(images), "--masks", str(masks), "--diameter", "18", "--quiet"]
+    assert main([*argv, "--iou-rule", "kaggle"]) == 0  # no pair sits exactly on 0.5 here
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT ap50=1.0000")
+    with pytest.raises(SystemExit):
+        main([*argv, "--iou-rule", "dsb"])
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["segment", "--help"]])

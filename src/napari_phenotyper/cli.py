@@ -275,6 +275,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "params": params,
         "channel": args.channel,
         "diameter": diameter,
+        "iou_rule": args.iou_rule,
     }
     with _progress_bar(1, args.quiet) as bar:
         try:
@@ -558,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", required=True, help="folder of images")
     ev.add_argument("--masks", required=True, help="folder of label masks, matched to images by file stem")
     ev.add_argument("--model", default=None, help=_MODEL_HELP)
+    ev.add_argument(
+        "--iou-rule",
+        choices=("stardist", "kaggle"),
+        default="stardist",
+        help="a match is IoU >= t (stardist, default) or IoU > t (the DSB 2018 Kaggle metric)",
+    )
     add_segmenter_args(ev)
     ev.set_defaults(func=_cmd_evaluate)
 

@@ -122,3 +122,26 @@ def test_folder_without_pairs_is_a_clear_error(tmp_path):
     tifffile.imwrite(tmp_path / "i" / "x.tif", np.zeros((8, 8), np.uint8))
     with pytest.raises(FileNotFoundError, match="has a mask"):
         run(iter_evaluate_folder(tmp_path / "i", tmp_path / "m"))
+
+
+def test_kaggle_rule_counts_only_iou_strictly_above_the_threshold():
+    """Issue 17: StarDist matches at IoU >= t, the DSB 2018 Kaggle metric at IoU > t."""
+    gt = squares((0, 0, 10, 10), (20, 20, 30, 30))
+    # object 1: 50 of 100 pixels, IoU exactly 0.5; object 2: IoU 0.81 (a 9x9 inside 10x10)
+    pred = squares((0, 0, 10, 5), (20, 20, 29, 29))
+    np.testing.assert_allclose(sorted(iou_matrix(gt, pred).max(axis=1)), [0.5, 0.81])
+    ours = average_precision(gt, pred)
+    kaggle = average_precision(gt, pred, rule="kaggle")
+    assert ours["ap50"] == 1.0  # 2 TP
+    assert kaggle["ap50"] == pytest.approx(1 / 3)  # 1 TP, 1 FP, 1 FN
+    # above 0.5 the rules agree but at a threshold hit exactly (0.8 < 0.81: both match)
+    for t in AP_THRESHOLDS[1:]:
+        assert ours["per_threshold"][t].tp == kaggle["per_threshold"][t].tp
+    tie = squares((0, 0, 10, 10))
+    assert match_stats(tie, squares((0, 0, 10, 8)), 0.8)[0.8].tp == 1
+    assert match_stats(tie, squares((0, 0, 10, 8)), 0.8, rule="kaggle")[0.8].tp == 0
+    # below 0.5 the assignment path honours the rule too
+    assert match_stats(tie, squares((0, 0, 10, 3)), 0.3)[0.3].tp == 1
+    assert match_stats(tie, squares((0, 0, 10, 3)), 0.3, rule="kaggle")[0.3].tp == 0
+    with pytest.raises(ValueError, match="Unknown IoU rule"):
+        average_precision(gt, pred, rule="dsb")

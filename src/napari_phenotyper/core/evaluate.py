@@ -16,6 +16,12 @@ The definition is the one of StarDist and of the 2018 Data Science Bowl:
 
 ``ap50`` is AP at ``t = 0.5``; ``ap50_95`` the mean of AP over ``t = 0.5, 0.55, ..., 0.95``.
 
+A pair matches when IoU >= ``t`` (StarDist's ``matching``, the default rule
+``"stardist"``); the 2018 Data Science Bowl's Kaggle metric counted IoU > ``t``
+(``rule="kaggle"``). They differ only for pairs whose IoU is exactly ``t``, which small
+objects do reach (e.g. 2 of 4 pixels). Folder scores (:func:`summarize`) are means over
+images; StarDist's ``matching_dataset`` pools the counts of all images by default.
+
 :func:`iter_evaluate_folder` runs a registered segmenter over a folder of images with
 ground-truth masks and returns one row of scores per image.
 """
@@ -42,6 +48,7 @@ from .progress import Progress, sub_progress
 
 __all__ = [
     "AP_THRESHOLDS",
+    "IOU_RULES",
     "MatchStats",
     "average_precision",
     "iou_matrix",
@@ -53,6 +60,14 @@ __all__ = [
 
 #: IoU thresholds 0.5, 0.55, ..., 0.95 over which ``ap50_95`` is averaged.
 AP_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+#: Matching rules: ``"stardist"`` pairs objects with IoU >= t, ``"kaggle"`` with IoU > t.
+IOU_RULES: tuple[str, ...] = ("stardist", "kaggle")
+
+
+def _check_rule(rule: str) -> str:
+    if rule not in IOU_RULES:
+        raise ValueError(f"Unknown IoU rule {rule!r}; choose one of {', '.join(IOU_RULES)}.")
+    return rule
 
 
 @dataclass(frozen=True)
@@ -171,12 +186,14 @@ def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return iou
 
 
-def _match(iou: np.ndarray, threshold: float) -> np.ndarray:
+def _match(iou: np.ndarray, threshold: float, rule: str = "stardist") -> np.ndarray:
     """IoU values of the optimal one-to-one matching at ``threshold`` (one per TP)."""
-    rows, cols = np.nonzero(iou >= threshold)
+    strict = rule == "kaggle"
+    candidate = iou > threshold if strict else iou >= threshold
+    rows, cols = np.nonzero(candidate)
     if rows.size == 0:
         return np.zeros(0)
-    if threshold > 0.5:
+    if threshold > 0.5 or (strict and threshold >= 0.5):
         # Each object has at most one partner with IoU > 0.5: the pairs are the matching.
         return iou[rows, cols]
     # Solve the assignment separately in each connected group of candidate pairs; most
@@ -196,7 +213,7 @@ def _match(iou: np.ndarray, threshold: float) -> np.ndarray:
         r_ids = np.unique(rows[s:e])
         c_ids = np.unique(cols[s:e])
         block = iou[np.ix_(r_ids, c_ids)]
-        ok = block >= threshold
+        ok = block > threshold if strict else block >= threshold
         # Maximise the number of matches first, then their total IoU (StarDist's cost).
         cost = -ok.astype(np.float64) - block * ok / (2 * max(ok.sum(), 1))
         ri, ci = linear_sum_assignment(cost)
@@ -233,7 +250,7 @@ def _stats(matched: np.ndarray, n_true: int, n_pred: int, threshold: float) -> M
 
 
 def match_stats(
-    gt: np.ndarray, pred: np.ndarray, thresholds: float | Iterable[float] = (0.5,)
+    gt: np.ndarray, pred: np.ndarray, thresholds: float | Iterable[float] = (0.5,), rule: str = "stardist"
 ) -> dict[float, MatchStats]:
     """Match predicted objects to ground-truth objects and score them.
 
@@ -245,6 +262,8 @@ def match_stats(
         Predicted label image of the same shape.
     thresholds : float or iterable of float
         IoU thresholds in (0, 1] at which to match.
+    rule : {"stardist", "kaggle"}
+        A pair matches when IoU >= t (StarDist) or IoU > t (the DSB 2018 Kaggle metric).
 
     Returns
     -------
@@ -254,8 +273,10 @@ def match_stats(
     Raises
     ------
     ValueError
-        If the shapes differ, a threshold is outside (0, 1], or an image is not a label image.
+        If the shapes differ, a threshold is outside (0, 1], an image is not a label image,
+        or the rule is unknown.
     """
+    _check_rule(rule)
     if isinstance(thresholds, int | float | np.number):
         ths = [float(thresholds)]
     else:
@@ -265,16 +286,18 @@ def match_stats(
             raise ValueError(f"IoU thresholds must lie in (0, 1], got {t}.")
     iou = iou_matrix(gt, pred)
     n_true, n_pred = iou.shape
-    return {t: _stats(_match(iou, t), n_true, n_pred, t) for t in ths}
+    return {t: _stats(_match(iou, t, rule), n_true, n_pred, t) for t in ths}
 
 
-def average_precision(gt: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+def average_precision(gt: np.ndarray, pred: np.ndarray, rule: str = "stardist") -> dict[str, Any]:
     """Average precision at IoU 0.5 and averaged over IoU 0.5:0.05:0.95.
 
     Parameters
     ----------
     gt, pred : numpy.ndarray
         Ground-truth and predicted label images of the same shape.
+    rule : {"stardist", "kaggle"}
+        IoU >= t (StarDist, default) or IoU > t (the DSB 2018 Kaggle metric).
 
     Returns
     -------
@@ -283,7 +306,7 @@ def average_precision(gt: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
         :data:`AP_THRESHOLDS`), ``f1_50`` (F1 at IoU 0.5), ``n_true``, ``n_pred`` and
         ``per_threshold`` (the :class:`MatchStats` of every threshold).
     """
-    stats = match_stats(gt, pred, AP_THRESHOLDS)
+    stats = match_stats(gt, pred, AP_THRESHOLDS, rule=rule)
     s50 = stats[0.5]
     return {
         "ap50": s50.ap,
@@ -408,6 +431,7 @@ def iter_evaluate_folder(
     params: Any = None,
     channel: int | None = None,
     diameter: float | Literal["auto"] | None = None,
+    iou_rule: str = "stardist",
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Segment every image of a folder and score it against its ground-truth mask.
 
@@ -431,6 +455,8 @@ def iter_evaluate_folder(
         Override of the ``diameter`` parameter. ``"auto"`` estimates it for every image
         with the segmenter's ``estimate_diameter`` (the classical segmenter has one), as a
         user pressing the GUI's "estimate" button would. ``None`` keeps ``params``.
+    iou_rule : {"stardist", "kaggle"}
+        How a pair matches: IoU >= t (default) or IoU > t (see :func:`match_stats`).
 
     Yields
     ------
@@ -461,6 +487,7 @@ def iter_evaluate_folder(
     from ..io.images import read_image, to_grayscale
     from .segment import get_segmenter
 
+    _check_rule(iou_rule)
     pairs, lone_images, lone_masks = match_masks(images_dir, masks_dir)
     if not pairs:
         raise FileNotFoundError(
@@ -505,7 +532,7 @@ def iter_evaluate_folder(
         t0 = time.perf_counter()
         pred = yield from sub_progress(segmenter.segment(image, p), i, n, f"{img_path.name}: ")
         seconds = time.perf_counter() - t0
-        scores = average_precision(gt, pred)
+        scores = average_precision(gt, pred, rule=iou_rule)
         rows.append(
             {
                 "image": img_path.name,
