@@ -122,6 +122,8 @@ def test_quality_and_importances(two_images):
     imp = feature_importances(result.model)
     assert imp is not None and set(imp.index) == {"area", "mean_intensity_image"}
     assert imp.sum() == pytest.approx(1.0)
+    # computed with the model, in the worker (the dock only shows them)
+    pd.testing.assert_series_equal(result.importances, imp)
 
 
 def test_propose_ranks_uncertain_unannotated_cells(two_images):

@@ -54,7 +54,6 @@ from ..core.classify.engine import (
     TrainResult,
     annotation_column,
     border_labels,
-    feature_importances,
     iter_quality,
     iter_train_predict,
     propose,
@@ -1267,7 +1266,7 @@ class PhenotypeWidget(QWidget):
             self.start_quality()
 
     def _show_importances(self) -> None:
-        self.importances = feature_importances(self.result.model) if self.result is not None else None
+        self.importances = self.result.importances if self.result is not None else None
         if self.importances is not None:
             top = ", ".join(f"{n} {v:.2f}" for n, v in self.importances.head(8).items())
             self.importance_label.setText(f"Most important features: {top}")

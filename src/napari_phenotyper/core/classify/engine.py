@@ -162,6 +162,9 @@ class TrainResult:
     skipped: dict[str, str] = field(default_factory=dict)  # image key -> why it was not predicted
     seconds_train: float = 0.0
     seconds_predict: float = 0.0
+    #: :func:`feature_importances` of the model, computed with it (in the worker: a
+    #: forest's importances walk every tree, tens of ms that a GUI thread must not spend)
+    importances: pd.Series | None = None
 
 
 class MatrixCache:
@@ -313,6 +316,7 @@ def iter_train_predict(
         skipped=skipped,
         seconds_train=t_train,
         seconds_predict=time.perf_counter() - t0,
+        importances=feature_importances(model),
     )
 
 
