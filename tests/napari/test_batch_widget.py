@@ -152,3 +152,20 @@ def test_profile_table_view(qtbot, frame):
     view = ProfileTable(frame, "t")
     qtbot.addWidget(view)
     assert view.view.model().rowCount() == 1 and view.info.text() == "t"
+
+
+def test_progress_reaches_the_dock_at_most_ten_times_a_second_and_the_last_always(qtbot):
+    from napari_phenotyper._napari.workers import Latest
+
+    got = []
+    latest = Latest(got.append, 100)
+    for i in range(500):  # a burst, as a batch of small images yields
+        latest(i)
+    assert got == [0]  # the first at once, the rest waits
+    qtbot.waitUntil(lambda: got[-1] == 499, timeout=2000)
+    assert got == [0, 499]  # only the latest of the burst, after the interval
+    latest(500)
+    latest.flush()  # e.g. the result arrives: what waits is shown first
+    assert got[-1] == 500
+    qtbot.wait(250)
+    assert got == [0, 499, 500]  # nothing delivered twice

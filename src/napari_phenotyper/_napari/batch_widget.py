@@ -42,7 +42,7 @@ from .docking import scroll_body, settle_when_docked
 from .params_form import ParamsForm, compact_widths
 from .segment_widget import SegmentWidget
 from .table_widget import DataFrameModel
-from .workers import start_job, user_message
+from .workers import Latest, start_job, user_message
 
 if TYPE_CHECKING:
     import napari
@@ -230,6 +230,8 @@ class BatchWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self._on_segmenter_changed(self.segmenter.value)
         compact_widths(self.native)  # long layer names must not widen the dock
+        # progress of many small images: shown at most 10 times a second (GUI stalls)
+        self._progress_latest = Latest(self._on_progress, 100)
         scroll_body(self.native)  # fits a laptop screen
         settle_when_docked(self.native)
 
@@ -414,7 +416,7 @@ class BatchWidget(Container):
             request,
             self._cancel,
             title="Batch run",
-            on_progress=self._on_progress,
+            on_progress=self._progress_latest,
             on_returned=self._on_returned,
             on_errored=self._on_errored,
             on_finished=lambda: self._set_running(False),
@@ -438,6 +440,7 @@ class BatchWidget(Container):
         self.status.value = f"{summary} · {p.message}" if summary else p.message
 
     def _on_returned(self, result: BatchResult | None) -> None:
+        self._progress_latest.flush()  # then the result's own text
         if result is None:  # cancelled
             self.status.value = "Cancelled; finished images are kept (run again to resume)."
             self.progress.value = 0

@@ -26,12 +26,50 @@ from ..core.progress import Progress
 from ..core.segment.registry import BUILTIN
 from .layers import warm_up_labels
 
-__all__ = ["ENGINE_SEGMENT", "SegmentRequest", "segment_job", "start_job", "user_message"]
+__all__ = ["ENGINE_SEGMENT", "Latest", "SegmentRequest", "segment_job", "start_job", "user_message"]
 
 #: The core function an engine process runs to segment (estimate + segment).
 ENGINE_SEGMENT = "napari_phenotyper.core.pipeline:iter_segment_auto"
 
 logger = logging.getLogger(__name__)
+
+
+class Latest:
+    """Call ``fn`` with the latest of many values, at most once per ``interval_ms``.
+
+    Progress can arrive hundreds of times a second (a batch of small images); each
+    update repaints a progress bar and a label, and napari's main window processes the
+    events of each. The first value is shown at once, later ones at most every
+    ``interval_ms``, and the last one always (a timer delivers it).
+    """
+
+    def __init__(self, fn: Callable[[Any], None], interval_ms: int = 100) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.fn = fn
+        self._value: Any = None
+        self._pending = False
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._flush)
+
+    def __call__(self, value: Any) -> None:
+        self._value, self._pending = value, True
+        if not self._timer.isActive():
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._pending = False
+            self._timer.start()  # the next one waits at least the interval
+            self.fn(self._value)
+
+    def flush(self) -> None:
+        """Deliver a waiting value now (e.g. before the result is shown)."""
+        self._timer.stop()
+        self._flush()
+        self._timer.stop()
 
 
 def user_message(exc: BaseException) -> str:
