@@ -30,10 +30,12 @@ def _center(labels, lab):
     return float(yy.mean()), float(xx.mean())
 
 
-@pytest.fixture
-def setup(make_napari_viewer, qtbot, tmp_path):
+def _open(make_napari_viewer, qtbot, tmp_path, crop=0):
+    """The grid measured in a viewer with the Phenotypes dock and two classes; ``crop``
+    cuts that many pixels off the top and left (the outer cells then touch the border)."""
     viewer = make_napari_viewer()
     image, labels, kinds = _cells()
+    image, labels = image[crop:, crop:], labels[crop:, crop:]
     img_layer = viewer.add_image(image, name="cells")
     feats = compute_features(labels, {"image": image})
     lab_layer = upsert_labels(viewer, img_layer, labels, feats, {"backend": "test"})
@@ -45,6 +47,11 @@ def setup(make_napari_viewer, qtbot, tmp_path):
     yield viewer, lab_layer, widget, kinds, tmp_path
     widget.close_session()
     qtbot.waitUntil(lambda: widget._worker is None and widget._quality_worker is None, timeout=30000)
+
+
+@pytest.fixture
+def setup(make_napari_viewer, qtbot, tmp_path):
+    yield from _open(make_napari_viewer, qtbot, tmp_path)
 
 
 def _press(viewer, qtbot, key):
@@ -630,20 +637,7 @@ def test_napari_status_bar_does_not_advertise_number_keys_we_took(setup):
 @pytest.fixture
 def cropped(make_napari_viewer, qtbot, tmp_path):
     """The grid with its top rows and left columns cut: the outer cells touch the border."""
-    viewer = make_napari_viewer()
-    image, labels, kinds = _cells()
-    image, labels = image[22:, 22:], labels[22:, 22:]
-    img_layer = viewer.add_image(image, name="cells")
-    feats = compute_features(labels, {"image": image})
-    lab_layer = upsert_labels(viewer, img_layer, labels, feats, {"backend": "test"})
-    widget = PhenotypeWidget(viewer, session_path=tmp_path / "session.json")
-    viewer.window.add_dock_widget(widget)
-    widget.add_class("small")
-    widget.add_class("big")
-    viewer.layers.selection.active = lab_layer
-    yield viewer, lab_layer, widget, kinds, tmp_path
-    widget.close_session()
-    qtbot.waitUntil(lambda: widget._worker is None and widget._quality_worker is None, timeout=30000)
+    yield from _open(make_napari_viewer, qtbot, tmp_path, crop=22)
 
 
 def test_x_excludes_a_proposed_cell_and_proposals_skip_border_cells(cropped, qtbot):

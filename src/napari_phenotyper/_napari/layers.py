@@ -11,6 +11,7 @@ from napari.layers import Image, Labels, Layer
 
 __all__ = [
     "META_KEY",
+    "add_display_layer",
     "camera",
     "cell_world_position",
     "docked_widgets",
@@ -146,6 +147,17 @@ def warm_up_labels(dtype: Any = np.uint32) -> None:
         DashAtlas()
     except Exception:  # a warm-up only
         pass
+
+
+def add_display_layer(viewer: Any, layer: Any) -> Any:
+    """Add one of our display-only layers (a view, an outline, markers) without making
+    it the active layer: napari activates what it adds, and the keys and the layer
+    controls must stay with the layer the user was working on."""
+    active = viewer.layers.selection.active
+    viewer.add_layer(layer)
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
+    return layer
 
 
 def camera(viewer: Any) -> Any:

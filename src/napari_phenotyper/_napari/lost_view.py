@@ -10,7 +10,7 @@ import numpy as np
 from napari.layers import Labels, Points
 
 from ..core.classify.annotations import LostAnnotation
-from .layers import META_KEY, source_of
+from .layers import META_KEY, add_display_layer, source_of
 
 __all__ = ["LOST_ROLE", "find_lost_layer", "update_lost_layer"]
 
@@ -42,7 +42,6 @@ def update_lost_layer(
     face = [colors.get(r.cls or "", _NO_CLASS) for r in shown]
     text = [f"lost: {r.cls if r.cls is not None else r.value}" for r in shown]
     if layer is None:
-        active = viewer.layers.selection.active
         layer = Points(
             data,
             name=f"{labels.name} lost annotations",
@@ -55,9 +54,7 @@ def update_lost_layer(
             features={"what": text},
             metadata={META_KEY: {"role": LOST_ROLE, "labels_layer_id": str(labels.unique_id)}},
         )
-        viewer.add_layer(layer)
-        if active is not None and active in viewer.layers:
-            viewer.layers.selection.active = active
+        add_display_layer(viewer, layer)
     else:
         layer.data = data
         layer.features = {"what": text}

@@ -18,7 +18,7 @@ from napari.utils.colormaps import DirectLabelColormap, ensure_colormap
 from napari.utils.colormaps.standardize_color import transform_color
 
 from ..core.classify.display import cell_codes, label_lut, paint
-from .layers import META_KEY, source_of
+from .layers import META_KEY, add_display_layer, source_of
 
 __all__ = ["VIEW_ROLE", "find_view", "update_view", "view_colormap"]
 
@@ -108,11 +108,7 @@ def update_view(
         view.editable = False
         if labels.contour == 0 and data.size <= CONTOUR_MAX_PIXELS:
             labels.contour = 1  # outlines under the class colours, not a second fill
-        active = viewer.layers.selection.active
-        viewer.add_layer(view)
-        if active is not None and active in viewer.layers:  # adding a layer makes it active
-            viewer.layers.selection.active = active
-        return view
+        return add_display_layer(viewer, view)
     paint(data, lut, out=view.data)
     meta = source_of(view)
     if meta.get("colormap_key") != key:

@@ -64,7 +64,15 @@ from ..core.classify.query import STRATEGIES
 from ..core.classify.transfer import transfer_annotations
 from .docking import scroll_body, settle_when_docked
 from .feedback import AnnotationFlash, KeyHelp
-from .layers import META_KEY, cell_world_position, features_for_layer, fly_to_cell, source_of, table_of
+from .layers import (
+    META_KEY,
+    add_display_layer,
+    cell_world_position,
+    features_for_layer,
+    fly_to_cell,
+    source_of,
+    table_of,
+)
 from .lost_view import find_lost_layer, update_lost_layer
 from .params_form import compact_widths
 from .phenotype_view import VIEW_ROLE, find_view, update_view
@@ -1387,7 +1395,6 @@ class PhenotypeWidget(QWidget):
         if world is None:
             return
         size = 1.6 * max(diameter, 4.0) * float(np.mean(layer.scale[-2:]))
-        active = self.viewer.layers.selection.active
         if marker is None:
             marker = Points(
                 [world],
@@ -1400,12 +1407,10 @@ class PhenotypeWidget(QWidget):
                 border_width_is_relative=True,
                 metadata={META_KEY: {"role": "proposal"}},
             )
-            self.viewer.add_layer(marker)
+            add_display_layer(self.viewer, marker)
         else:
             marker.data = np.asarray([world])
             marker.size = size
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
 
     def fill_queue(self) -> list[Proposal]:
         """Show the top proposals (a diverse batch) as a list to work through."""

@@ -11,7 +11,7 @@ from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap
 
 from ..core.embedding import selection_image
-from .layers import META_KEY, camera, cell_world_position, source_of
+from .layers import META_KEY, add_display_layer, camera, fly_to_cell, source_of
 
 __all__ = [
     "SELECTION_COLORS",
@@ -84,11 +84,7 @@ def update_selection_layer(
             metadata={META_KEY: {"role": SELECTION_ROLE, "labels_layer_id": str(labels.unique_id)}},
         )
         view.editable = False
-        active = viewer.layers.selection.active
-        viewer.add_layer(view)
-        if active is not None and active in viewer.layers:  # adding a layer makes it active
-            viewer.layers.selection.active = active
-        return view
+        return add_display_layer(viewer, view)
     selection_image(data, selected, out=view.data, edges=edges)
     if view.visible:
         view.refresh()
@@ -125,18 +121,12 @@ def focus_cell(
     """Outline one cell, centre the camera on it (its plane in a stack) and zoom in
     until :data:`FOCUS_DIAMETERS` of its diameters span the canvas (a closer view is
     kept). Returns the cell's world position, or ``None`` when it has no row."""
-    world = cell_world_position(viewer, labels, table, int(label))
+    world = fly_to_cell(viewer, labels, table, int(label))  # its plane, centred; zoom kept
     if world is None:
         return None
     if outline:
         update_selection_layer(viewer, labels, np.array([int(label)]), edges)
-    if len(world) > 2:
-        point = list(viewer.dims.point)
-        for i in range(len(world) - 2):
-            point[len(point) - len(world) + i] = world[i]
-        viewer.dims.point = point
     cam = camera(viewer)
-    cam.center = tuple(world[-2:])
     scale = float(np.min(np.abs(np.asarray(labels.scale, dtype=float)[-2:])))
     span = FOCUS_DIAMETERS * max(cell_diameter(table, label), 4.0) * scale  # world units
     canvas = getattr(viewer, "canvas", None)

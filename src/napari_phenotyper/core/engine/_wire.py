@@ -193,5 +193,7 @@ def recv(conn: Any, allowed: Callable[[str, str], bool] | None = None) -> Any:
                 pos += got
         buffers.append(buf)
     if allowed is None:
+        # the engine child reading its parent's jobs: trusted (see the module docstring);
+        # the napari process always reads with an allow-list (parent_may_load)
         return pickle.loads(header, buffers=buffers)
     return _Unpickler(header, buffers, allowed).load()
