@@ -288,3 +288,39 @@ def test_save_regressor_refuses_bad_values(tmp_path):
     with pytest.raises(ValueError, match="40 rows but values of shape \\(39,\\)"):
         save_regressor(tmp_path / "r.zip", df, v[1:], ["area"], RegressorSettings())
     assert not (tmp_path / "r.zip").exists()
+
+
+def test_classifier_saved_with_old_texture_names_applies_to_new_tables(tmp_path):
+    """haralick_dissimilarity/energy were renamed glcm_*: old classifiers and tables still fit."""
+    from napari_phenotyper.core.features import compute_features
+    from napari_phenotyper.io.tables import read_table, table_columns, write_table
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((60, 60), np.int32)
+    for k in range(9):
+        r, c = divmod(k, 3)
+        labels[r * 20 + 3 : r * 20 + 17, c * 20 + 3 : c * 20 + 17] = k + 1
+    image = rng.integers(0, 255, labels.shape).astype(np.uint8)
+    new = compute_features(labels, {"dna": image}, groups=("texture",))
+    assert "glcm_energy_dna" in new and "haralick_energy_dna" not in new
+    old = new.rename(
+        columns={
+            "glcm_energy_dna": "haralick_energy_dna",
+            "glcm_dissimilarity_dna": "haralick_dissimilarity_dna",
+        }
+    )
+    y = ["a", "b", "c"] * 3
+    names = ["haralick_energy_dna", "haralick_dissimilarity_dna", "haralick_contrast_dna"]
+    path = save_classifier(tmp_path / "old.zip", old, y, names, ClassifierSettings(seed=1))
+    loaded = load_classifier(path)
+    assert loaded.feature_names == ["glcm_energy_dna", "glcm_dissimilarity_dna", "haralick_contrast_dna"]
+    assert len(predict(loaded.train(), new)) == 9
+    # and a table written before the rename reads back with the present names
+    for suffix in (".csv", ".parquet"):
+        written = write_table(old, tmp_path / f"old{suffix}")
+        assert "glcm_energy_dna" in table_columns(written)
+        back = read_table(written)
+        assert list(back.columns) == list(new.columns)
+        np.testing.assert_allclose(back["glcm_energy_dna"], new["glcm_energy_dna"], rtol=1e-9)
+        only = read_table(written, columns=["label", "glcm_energy_dna"])
+        assert list(only.columns) == ["label", "glcm_energy_dna"]

@@ -54,7 +54,11 @@ def test_segment_sample_in_background(viewer_with_sample, qtbot):
     df = layer.features
     assert list(df["label"]) == sorted(np.unique(layer.data)[1:].tolist())
     assert (df["index"] == df["label"]).all()
-    assert "area" in df and "mean_intensity_image" in df and not any(c.startswith("haralick") for c in df)
+    assert (
+        "area" in df
+        and "mean_intensity_image" in df
+        and not any(c.startswith(("haralick", "glcm")) for c in df)
+    )
     meta = layer.metadata[META_KEY]
     assert meta["backend"] == "classical" and meta["params"]["diameter"] == 16.0
     assert meta["source_layer"] == "nuclei" and meta["device"] == "CPU"

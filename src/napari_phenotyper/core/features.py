@@ -39,11 +39,13 @@ __all__ = [
     "FEATURE_GROUPS",
     "INTENSITY_FEATURES",
     "NEIGHBOR_FEATURES",
+    "RENAMED_COLUMNS",
     "SHAPE_FEATURES",
     "TEXTURE_FEATURES",
     "compute_features",
     "feature_columns",
     "iter_features",
+    "upgrade_column_names",
 ]
 
 #: The feature groups, in the order their columns appear in the table.
@@ -83,12 +85,15 @@ INTENSITY_FEATURES = (
     "mass_displacement",
 )
 
-#: Haralick texture features; one column ``<feature>_<channel>`` per channel.
+#: Texture features of the grey-level co-occurrence matrix; one column
+#: ``<feature>_<channel>`` per channel. ``haralick_*`` are Haralick's (1973) f2, f5
+#: (homogeneity = inverse difference moment), f3, f1 and f9; ``glcm_dissimilarity``
+#: and ``glcm_energy`` (the square root of the angular second moment) are not his.
 TEXTURE_FEATURES = (
     "haralick_contrast",
-    "haralick_dissimilarity",
+    "glcm_dissimilarity",
     "haralick_homogeneity",
-    "haralick_energy",
+    "glcm_energy",
     "haralick_correlation",
     "haralick_asm",
     "haralick_entropy",
@@ -96,6 +101,33 @@ TEXTURE_FEATURES = (
 
 #: Neighbour features.
 NEIGHBOR_FEATURES = ("n_neighbors",)
+
+#: Column name prefixes of earlier versions and their present names (tables and
+#: classifiers saved before a rename still apply; see :func:`upgrade_column_names`).
+RENAMED_COLUMNS = {
+    "haralick_dissimilarity_": "glcm_dissimilarity_",
+    "haralick_energy_": "glcm_energy_",
+}
+
+
+def upgrade_column_names(names: Iterable[str]) -> list[str]:
+    """Column names with the features renamed since they were saved given their present names.
+
+    ``haralick_dissimilarity_<channel>`` and ``haralick_energy_<channel>`` (once
+    named as Haralick features, which they are not) become
+    ``glcm_dissimilarity_<channel>`` and ``glcm_energy_<channel>``; every other name
+    is returned as it is.
+    """
+    out = []
+    for name in names:
+        name = str(name)
+        for old, new in RENAMED_COLUMNS.items():
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        out.append(name)
+    return out
+
 
 _INT_COLUMNS = frozenset(
     {"label", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x", "euler_number", "n_neighbors"}
@@ -815,9 +847,9 @@ def _haralick(
         corr = np.where(flat, 1.0, cov / np.where(flat, 1.0, std_i * std_j))
         feats = {
             "haralick_contrast": per_label(p * diff * diff),
-            "haralick_dissimilarity": per_label(p * np.abs(diff)),
+            "glcm_dissimilarity": per_label(p * np.abs(diff)),
             "haralick_homogeneity": per_label(p / (1.0 + diff * diff)),
-            "haralick_energy": np.sqrt(asm),
+            "glcm_energy": np.sqrt(asm),
             "haralick_correlation": corr,
             "haralick_asm": asm,
             "haralick_entropy": per_label(-p * np.log(p)),

@@ -371,6 +371,9 @@ def load_classifier(path: str | os.PathLike) -> ClassifierFile:
         raise _bad(path, "'feature_names' must list feature column names.")
     if not isinstance(settings, dict):
         raise _bad(path, "'settings' must be an object.")
+    from ..core.features import upgrade_column_names
+
+    features = upgrade_column_names(features)
     if X.dtype != np.float64 or X.ndim != 2 or X.shape[1] != len(features):
         raise _bad(
             path, f"X has shape {X.shape} and dtype {X.dtype}; expected float64 with {len(features)} columns."

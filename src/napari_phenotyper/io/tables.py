@@ -117,18 +117,37 @@ def read_table(path: str | os.PathLike, columns: Sequence[str] | None = None) ->
     """Read a table written by :func:`write_table` or :class:`StreamingTableWriter`.
 
     From CSV, :data:`TEXT_COLUMNS` come back as text and empty fields as missing.
+    Columns renamed since the table was written get their present names
+    (:func:`~napari_phenotyper.core.features.upgrade_column_names`); ``columns``
+    takes the present names.
     """
+    from ..core.features import upgrade_column_names
+
     path = Path(path)
+    header = _header(path)
+    present = upgrade_column_names(header)
+    if columns is not None:
+        saved_as = dict(zip(present, header, strict=True))
+        columns = [saved_as.get(c, c) for c in columns]
     if _fmt_of(path) == "parquet":
-        return pd.read_parquet(path, columns=list(columns) if columns is not None else None)
-    header = list(pd.read_csv(path, nrows=0).columns)
-    dtype = {c: str for c in TEXT_COLUMNS if c in header}
-    return pd.read_csv(path, dtype=dtype, usecols=list(columns) if columns is not None else None)
+        table = pd.read_parquet(path, columns=list(columns) if columns is not None else None)
+    else:
+        dtype = {c: str for c in TEXT_COLUMNS if c in header}
+        table = pd.read_csv(path, dtype=dtype, usecols=list(columns) if columns is not None else None)
+    if present != header:
+        table.columns = upgrade_column_names(table.columns)
+    return table
 
 
 def table_columns(path: str | os.PathLike) -> list[str]:
-    """Column names of a table file, without reading its rows."""
-    path = Path(path)
+    """Column names of a table file (present names, as :func:`read_table`), without reading its rows."""
+    from ..core.features import upgrade_column_names
+
+    return upgrade_column_names(_header(Path(path)))
+
+
+def _header(path: Path) -> list[str]:
+    """Column names as the file has them."""
     if _fmt_of(path) == "parquet":
         import pyarrow.parquet as pq
 

@@ -47,7 +47,7 @@ FEATURE_GROUP_NAMES = ("shape", "intensity", "texture", "neighbors")
 # its phenotype, and a classifier must not learn the label ids.
 _NOT_FEATURES = re.compile(r"^(label|index|image|axis\d+|centroid_.*|bbox_.*|pheno_.*)$")
 _GROUP_PATTERNS = {
-    "texture": re.compile(r"^haralick_"),
+    "texture": re.compile(r"^(haralick|glcm)_"),
     "neighbors": re.compile(r"^n_neighbors$"),
     "intensity": re.compile(r"^(mean|std|min|max|median|q25|q75|integrated)_intensity_|^mass_displacement_"),
 }
