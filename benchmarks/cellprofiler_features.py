@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from features import default_data_dir, load_coelho  # noqa: E402
-
-from napari_phenotyper.core.cellprofiler import compute_cellprofiler_features  # noqa: E402
+from features import default_data_dir, load_coelho
+from napari_phenotyper.core.cellprofiler import compute_cellprofiler_features
 
 
 def reference_functions():
@@ -46,7 +45,9 @@ def reference_functions():
     from cp_measure.multimask.measureobjectneighbors import measureobjectneighbors
 
     per_image = {
-        "sizeshape": partial(measureobjectsizeshape.get_sizeshape, calculate_advanced=False, new_features=False),
+        "sizeshape": partial(
+            measureobjectsizeshape.get_sizeshape, calculate_advanced=False, new_features=False
+        ),
         "zernike": measureobjectsizeshape.get_zernike,
         "feret": measureobjectsizeshape.get_feret,
         "intensity": partial(measureobjectintensity.get_intensity, legacy=True),
@@ -55,7 +56,9 @@ def reference_functions():
 
     def neighbours(labels):
         out = measureobjectneighbors(labels, labels, distance_method="Adjacent")
-        out |= measureobjectneighbors(labels, labels, distance_method="Within a specified distance", distance=5)
+        out |= measureobjectneighbors(
+            labels, labels, distance_method="Within a specified distance", distance=5
+        )
         return out
 
     return per_image, neighbours
@@ -146,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<14} {cells:>5} {r_best * 1e3:>14.1f} {o_best * 1e3:>8.1f} {r_best / o_best:>6.1f}")
     ratio = t_ref / t_ours
     print(f"{'total':<14} {n_cells:>5} {t_ref * 1e3:>14.1f} {t_ours * 1e3:>8.1f} {ratio:>6.1f}")
-    print("largest absolute difference to cp_measure per family: " + ", ".join(f"{k} {v:.2g}" for k, v in sorted(worst.items())))
+    print(
+        "largest absolute difference to cp_measure per family: "
+        + ", ".join(f"{k} {v:.2g}" for k, v in sorted(worst.items()))
+    )
     print(
         f"RESULT ratio_vs_cp_measure={ratio:.2f} cells_per_s={n_cells / t_ours:.0f} "
         f"cp_measure_cells_per_s={n_cells / t_ref:.0f} n_cells={n_cells} n_images={len(images)}"

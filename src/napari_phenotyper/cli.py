@@ -157,6 +157,33 @@ def _apply_model_arg(args: argparse.Namespace) -> None:
     args.param = [*args.param, f"model={model}"]
 
 
+def _feature_groups(text: str) -> tuple[str, ...] | None:
+    """``--features``: ``default`` (None), ``all`` or a comma-separated list of groups."""
+    if text.strip() == "default":
+        return None
+    if text.strip() == "all":
+        from .core.features import FEATURE_GROUPS
+
+        return FEATURE_GROUPS
+    return tuple(g.strip() for g in text.split(",") if g.strip())
+
+
+def _add_feature_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--features",
+        default="default",
+        help="comma-separated feature groups among shape,zernike,intensity,texture,neighbors; "
+        "'default' = all but zernike, 'all' = every group (default: default)",
+    )
+    parser.add_argument(
+        "--feature-set",
+        choices=("default", "cellprofiler"),  # core.features.FEATURE_SETS (not imported for --help)
+        default="default",
+        help="default: this package's fast features; cellprofiler: CellProfiler 4's definitions and "
+        "column names (AreaShape_*, Intensity_*, Texture_*, Neighbors_*; docs/features.md)",
+    )
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -195,9 +222,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    groups = tuple(g.strip() for g in args.features.split(",")) if args.features != "all" else None
+    groups = _feature_groups(args.features)
     try:
-        measure = MeasureParams(groups=groups) if groups else MeasureParams()
+        measure = MeasureParams(**({"groups": groups} if groups else {}), feature_set=args.feature_set)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
@@ -368,9 +395,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         if "diameter" not in values:
             raise CLIError(f"The {args.segmenter} segmenter has no diameter parameter.")
         values["diameter"] = diameter
-    groups = (
-        tuple(g.strip() for g in args.features.split(",") if g.strip()) if args.features != "all" else None
-    )
+    groups = _feature_groups(args.features)
     model = None
     if args.model:
         model = (
@@ -387,6 +412,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         classifier=None if args.classifier is None else _file_ref(args.classifier),
         name=args.name or "",
         description=args.description or "",
+        feature_set=args.feature_set,
         **({"feature_groups": groups} if groups else {}),
     )
     spec = spec.with_model_from_params()  # --param model=... is recorded like --model
@@ -543,11 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on a built-in sample instead: nuclei (offline, with ground truth) or mitosis (downloaded)",
     )
     seg.add_argument("--out", required=True, help="output folder (created if needed)")
-    seg.add_argument(
-        "--features",
-        default="all",
-        help="comma-separated feature groups: shape,intensity,texture,neighbors (default: all)",
-    )
+    _add_feature_args(seg)
     seg.add_argument("--no-labels", action="store_true", help="do not write label TIFFs")
     seg.add_argument("--model", default=None, help=_MODEL_HELP)
     add_segmenter_args(seg)
@@ -573,11 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="save a pipeline file (segmenter, parameters, features, classifier) for batch runs",
     )
     pl.add_argument("output", help="pipeline file to write (.json, or .yaml)")
-    pl.add_argument(
-        "--features",
-        default="all",
-        help="comma-separated feature groups: shape,intensity,texture,neighbors (default: all)",
-    )
+    _add_feature_args(pl)
     pl.add_argument(
         "--classifier", default=None, help="saved classifier/regressor file to apply to every cell"
     )

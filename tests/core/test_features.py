@@ -24,10 +24,12 @@ from skimage.measure import regionprops, regionprops_table
 
 from napari_phenotyper.core import features as features_module
 from napari_phenotyper.core.features import (
+    DEFAULT_FEATURE_GROUPS,
     FEATURE_GROUPS,
     INTENSITY_FEATURES,
     SHAPE_FEATURES,
     TEXTURE_FEATURES,
+    ZERNIKE_FEATURES,
     compute_features,
     feature_columns,
     iter_features,
@@ -131,10 +133,14 @@ def test_feature_columns_order():
     assert "mean_intensity_dapi" in cols and "haralick_contrast_gfp" in cols
     # canonical order whatever the order of the groups given
     assert feature_columns(["a"], ("neighbors", "shape")) == ["label", *SHAPE_FEATURES, "n_neighbors"]
-    assert feature_columns([], FEATURE_GROUPS) == ["label", *SHAPE_FEATURES, "n_neighbors"]
+    assert feature_columns([], DEFAULT_FEATURE_GROUPS) == ["label", *SHAPE_FEATURES, "n_neighbors"]
+    assert feature_columns([], FEATURE_GROUPS) == ["label", *SHAPE_FEATURES, *ZERNIKE_FEATURES, "n_neighbors"]
+    assert feature_columns([]) == feature_columns([], DEFAULT_FEATURE_GROUPS)  # Zernike is opt-in
 
 
-@pytest.mark.parametrize("groups", [FEATURE_GROUPS, ("shape",), ("intensity",), ("texture", "neighbors"), ()])
+@pytest.mark.parametrize(
+    "groups", [FEATURE_GROUPS, ("shape",), ("zernike",), ("intensity",), ("texture", "neighbors"), ()]
+)
 def test_columns_match_feature_columns(groups):
     lab = np.zeros((20, 20), np.uint16)
     lab[2:8, 3:9] = 4
@@ -551,3 +557,33 @@ def test_texture_matches_graycoprops_on_a_real_image(shared_data):
             i, [f"haralick_{n}_image" for n in ("contrast", "homogeneity", "correlation", "entropy")]
         ]
         np.testing.assert_allclose(got.to_numpy(float), expected, rtol=1e-9, atol=1e-12, err_msg=str(label))
+
+
+def test_zernike_matches_a_direct_sum_over_the_pixels(shared_data):
+    """zernike_<n>_<m>: |sum of R_nm(rho) exp(i m theta)| / (pi r^2) over every pixel, in the
+    minimum enclosing circle (centrosome's, CellProfiler's), by the textbook formula."""
+    from math import factorial
+
+    zernike = pytest.importorskip("centrosome.zernike", reason="centrosome (via cp_measure, a test extra)")
+    root = shared_data / "coelho2009_nuclei"
+    labels = imread(root / "labels" / "ic100" / "dna-3.png").astype(np.int32)
+    ids = np.unique(labels[labels > 0])
+    df = compute_features(labels, groups=("zernike",))
+    assert list(df.columns) == ["label", *ZERNIKE_FEATURES]
+    centres, radii = zernike.minimum_enclosing_circle(labels, ids)
+    for k in range(0, len(ids), 5):
+        rr, cc = np.nonzero(labels == ids[k])
+        v = (rr - centres[k, 0]) / radii[k]
+        u = (cc - centres[k, 1]) / radii[k]
+        rho, theta = np.hypot(u, v), np.arctan2(u, v)
+        for n in range(10):
+            for m in range(n % 2, n + 1, 2):
+                radial = sum(
+                    (-1) ** s
+                    * factorial(n - s)
+                    / (factorial(s) * factorial((n + m) // 2 - s) * factorial((n - m) // 2 - s))
+                    * rho ** (n - 2 * s)
+                    for s in range((n - m) // 2 + 1)
+                )
+                expected = abs(np.sum(radial * np.exp(1j * m * theta))) / (np.pi * radii[k] ** 2)
+                assert df[f"zernike_{n}_{m}"][k] == pytest.approx(expected, rel=1e-9, abs=1e-12), (k, n, m)

@@ -137,7 +137,7 @@ def test_schema_problems_are_all_listed_with_their_place(tmp_path):
         "segmenter.params: diameter must be plain values",
         "segmenter.auto_diameter: must be true or false",
         "channel: must be a channel index",
-        "measure.groups: unknown group(s) textur; choose among shape, intensity, texture, neighbors",
+        "measure.groups: unknown group(s) textur; choose among shape, zernike, intensity, texture, neighbors",
         "measure.texture_levels: must be a whole number from 2 to 256",
         "classifier.sha256: must be 64 hexadecimal digits",
     ):

@@ -31,7 +31,7 @@ from qtpy.QtCore import QSortFilterProxyModel, Qt
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QLabel, QTableView, QVBoxLayout, QWidget
 
 from ..core.batch import BatchOptions, BatchRequest, BatchResult, iter_run_batch
-from ..core.features import FEATURE_GROUPS
+from ..core.features import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS
 from ..core.pipeline_spec import FileRef, PipelineSpec
 from ..core.progress import Progress
 from ..core.segment import get_segmenter
@@ -39,7 +39,7 @@ from ..core.segment.registry import available
 from ..io.pipeline_file import load_pipeline, save_pipeline
 from ..io.tables import parquet_available
 from .docking import scroll_body, settle_when_docked
-from .params_form import ParamsForm, compact_widths
+from .params_form import ParamsForm, compact_widths, feature_groups_box, feature_set_combo
 from .segment_widget import SegmentWidget
 from .table_widget import DataFrameModel
 from .workers import Latest, start_job, user_message
@@ -143,10 +143,9 @@ class BatchWidget(Container):
         self.channel = SpinBox(
             label="channel", value=-1, min=-1, max=64, tooltip="Channel to segment; -1: all channels combined"
         )
-        self.groups = {g: CheckBox(text=g, value=True) for g in FEATURE_GROUPS}
-        groups_box = Container(
-            widgets=list(self.groups.values()), layout="horizontal", labels=False, label="features"
-        )
+        self.groups = {g: CheckBox(text=g, value=g in DEFAULT_FEATURE_GROUPS) for g in FEATURE_GROUPS}
+        groups_box = feature_groups_box(self.groups)
+        self.feature_set = feature_set_combo()
         self.classifier = FileEdit(
             label="classifier",
             mode="r",
@@ -202,6 +201,7 @@ class BatchWidget(Container):
                 self.auto_diameter,
                 self.channel,
                 groups_box,
+                self.feature_set,
                 self.classifier,
                 Container(widgets=[self.inputs, self.browse_inputs], layout="horizontal"),
                 self.layout_regex,
@@ -272,6 +272,7 @@ class BatchWidget(Container):
             auto_diameter=bool(self._can_estimate and self.auto_diameter.value),
             channel=None if self.channel.value < 0 else int(self.channel.value),
             feature_groups=groups,
+            feature_set=self.feature_set.value,
             classifier=None if clf is None else FileRef(str(Path(clf).resolve())),
         )
         return spec.with_model_from_params().validate("the Batch widget's pipeline")
@@ -292,6 +293,7 @@ class BatchWidget(Container):
         self.channel.value = -1 if spec.channel is None else spec.channel
         for g, cb in self.groups.items():
             cb.value = g in spec.feature_groups
+        self.feature_set.value = spec.feature_set
         self.classifier.value = None if spec.classifier is None else spec.classifier.path
         self._sync_diameter()
 
@@ -359,6 +361,7 @@ class BatchWidget(Container):
         self.channel.value = -1 if channel is None else int(channel)
         for g, cb in self.groups.items():
             cb.value = bool(seg.groups[g].value) if g in seg.groups else cb.value
+        self.feature_set.value = seg.feature_set.value
         self._sync_diameter()
         self.status.value = "Copied the Segment & measure settings."
         return True

@@ -44,7 +44,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea
 
-from ..core.features import FEATURE_GROUPS
+from ..core.features import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, FEATURE_SETS
 from ..core.finetune import BACKENDS as FINETUNE_BACKENDS
 from ..core.finetune import (
     FinetuneRequest,
@@ -915,7 +915,9 @@ class FinetuneWidget(Container):
         params = seg.params_type(model=model)
         previous = find_result_layer(self.viewer, layer)
         prov = source_of(previous) if previous is not None else {}
-        groups = tuple(g for g in (prov.get("measure") or {}).get("groups", ()) if g in FEATURE_GROUPS)
+        measured = prov.get("measure") or {}
+        groups = tuple(g for g in measured.get("groups", ()) if g in FEATURE_GROUPS)
+        feature_set = measured.get("feature_set", "default")
         channel = prov.get("channel") if layer.rgb else None
         return SegmentRequest(
             _level0(layer),
@@ -924,7 +926,10 @@ class FinetuneWidget(Container):
             params,
             channel if isinstance(channel, int) else None,
             (),
-            MeasureParams(groups=groups or tuple(FEATURE_GROUPS)),
+            MeasureParams(
+                groups=groups or DEFAULT_FEATURE_GROUPS,
+                feature_set=feature_set if feature_set in FEATURE_SETS else "default",
+            ),
             auto_diameter=False,
         )
 

@@ -364,3 +364,37 @@ def compact_widths(root: QWidget, min_chars: int = 10) -> None:
             policy = label.sizePolicy()
             policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
             label.setSizePolicy(policy)
+
+
+#: The feature sets as the docks show them.
+FEATURE_SET_CHOICES = (("default (fast)", "default"), ("CellProfiler 4", "cellprofiler"))
+
+
+def feature_groups_box(boxes: Mapping[str, CheckBox]) -> Container:
+    """The feature-group check boxes on two rows (one row is too wide for a laptop dock)."""
+    items = list(boxes.values())
+    half = (len(items) + 1) // 2
+    rows = [
+        Container(widgets=items[:half], layout="horizontal", labels=False),
+        Container(widgets=items[half:], layout="horizontal", labels=False),
+    ]
+    for row in rows:
+        row.margins = (0, 0, 0, 0)
+    box = Container(widgets=rows, labels=False, label="features")
+    box.margins = (0, 0, 0, 0)
+    return box
+
+
+def feature_set_combo() -> ComboBox:
+    """Which definitions and column names to measure with."""
+    return ComboBox(
+        label="feature set",
+        choices=FEATURE_SET_CHOICES,
+        value="default",
+        tooltip=(
+            "default: this package's fast features. CellProfiler 4: its MeasureObjectSizeShape, "
+            "MeasureObjectIntensity, MeasureTexture (scale 3, 256 levels) and MeasureObjectNeighbors "
+            "(adjacent and within 5 px) definitions and column names (AreaShape_*, Intensity_*, ...), "
+            "to compare with CellProfiler output"
+        ),
+    )

@@ -20,7 +20,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QMessageBox
 
 from ..core.channels import clean_channel_name, default_channel_names
-from ..core.features import FEATURE_GROUPS
+from ..core.features import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS
 from ..core.params import FieldSpec
 from ..core.pipeline import (
     DEFAULT_CHANNEL,
@@ -35,7 +35,7 @@ from ..core.segment.models import BACKENDS as MODEL_BACKENDS
 from ..core.segment.registry import BUILTIN, available
 from .docking import scroll_body, settle_when_docked
 from .layers import docked_widgets, find_result_layer, upsert_labels
-from .params_form import ModelChooser, ParamsForm, compact_widths
+from .params_form import ModelChooser, ParamsForm, compact_widths, feature_groups_box, feature_set_combo
 from .workers import SegmentRequest, segment_job, start_job, user_message
 
 if TYPE_CHECKING:
@@ -122,10 +122,9 @@ class SegmentWidget(Container):
         # (mean_intensity_<name>), so that a classifier applies to the next image's layers
         self.channel_names = Container(label="channel names", visible=False)
         self._typed_names: dict[str, str] = {}  # layer name -> the channel name typed for it
-        self.groups = {g: CheckBox(text=g, value=True) for g in FEATURE_GROUPS}
-        groups_box = Container(
-            widgets=list(self.groups.values()), layout="horizontal", labels=False, label="features"
-        )
+        self.groups = {g: CheckBox(text=g, value=g in DEFAULT_FEATURE_GROUPS) for g in FEATURE_GROUPS}
+        groups_box = feature_groups_box(self.groups)
+        self.feature_set = feature_set_combo()
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
@@ -143,6 +142,7 @@ class SegmentWidget(Container):
                 self.measure_in,
                 self.channel_names,
                 groups_box,
+                self.feature_set,
                 buttons,
                 self.progress,
                 self.status,
@@ -349,7 +349,7 @@ class SegmentWidget(Container):
         groups = tuple(g for g, cb in self.groups.items() if cb.value)
         if not groups:
             raise ValueError("Tick at least one feature group to measure.")
-        measure = MeasureParams(groups=groups)
+        measure = MeasureParams(groups=groups, feature_set=self.feature_set.value)
         channels = self.measured_channels()
         intens = tuple((name, _level0(lyr), lyr.rgb) for name, lyr in channels)
         channel_layers = tuple((name, lyr.name) for name, lyr in channels) or ((DEFAULT_CHANNEL, layer.name),)

@@ -132,9 +132,17 @@ NEIGHBOR_FEATURES = (
 _TEXTURE_CHUNK_PIXELS = 1 << 18
 # (dy, dx) of MeasureTexture's directions 00 .. 03 (mahotas' 2D order)
 _DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1))
+#: Progress steps per stage (chunked stages advance within their share).
+_SUB = 100
+#: This package's position columns (``positions=True``).
+POSITION_COLUMNS = ("centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x")
 _INT_FEATURES = frozenset(
     {
         "label",
+        "bbox_min_y",
+        "bbox_min_x",
+        "bbox_max_y",
+        "bbox_max_x",
         "AreaShape_BoundingBoxMaximum_X",
         "AreaShape_BoundingBoxMaximum_Y",
         "AreaShape_BoundingBoxMinimum_X",
@@ -158,7 +166,9 @@ def _check_params(texture_scale, texture_levels, neighbor_distance) -> tuple[int
     if not isinstance(texture_scale, (int, np.integer)) or texture_scale < 1:
         raise ValueError(f"texture_scale must be a positive number of pixels, got {texture_scale!r}.")
     if not isinstance(texture_levels, (int, np.integer)) or not 2 <= texture_levels <= 256:
-        raise ValueError(f"texture_levels must be an integer from 2 to 256 (CellProfiler's range), got {texture_levels!r}.")
+        raise ValueError(
+            f"texture_levels must be an integer from 2 to 256 (CellProfiler's range), got {texture_levels!r}."
+        )
     if not isinstance(neighbor_distance, (int, np.integer)) or neighbor_distance < 1:
         raise ValueError(f"neighbor_distance must be a positive number of pixels, got {neighbor_distance!r}.")
     return int(texture_scale), int(texture_levels), int(neighbor_distance)
@@ -371,7 +381,12 @@ def _intensity_chunk(chunk: _Chunk, image_flat: np.ndarray, edge_flat: np.ndarra
         dev = np.where(finite, np.abs(v - chunk.spread(med)), np.inf)
         sd = dev[np.lexsort((dev, chunk.local_rank()))]
         mad = _cp_quantile(lambda k: sd[chunk.starts + k], safe_n, 0.5)
-    for name, arr in (("LowerQuartileIntensity", q1), ("MedianIntensity", med), ("UpperQuartileIntensity", q3), ("MADIntensity", mad)):
+    for name, arr in (
+        ("LowerQuartileIntensity", q1),
+        ("MedianIntensity", med),
+        ("UpperQuartileIntensity", q3),
+        ("MADIntensity", mad),
+    ):
         out[name] = np.where(has, arr, 0.0)
     # centre of mass of the finite pixels, plain and intensity-weighted
     rows = chunk.rows.astype(np.float64)
@@ -528,7 +543,7 @@ def _pixel_pairs(runs: _Runs, chunk: _Chunk, dy: int, dx: int) -> tuple[np.ndarr
 
 def _texture_entries(
     q: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], chunk: _Chunk
-) -> tuple[list[tuple[np.ndarray, ...]], np.ndarray]:
+) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], np.ndarray]:
     """Co-occurrence entries of a chunk's labels in each direction, and their matrix sizes.
 
     ``q`` are the grey levels of the chunk's pixels (label order), ``pairs`` the pixel
@@ -589,7 +604,11 @@ def _texture_features(parts: list, n: int, group: int = 2048) -> dict[str, np.nd
             feats[d, :, g0:g1] = f
             all_have[g0:g1] &= has
     feats[:, :, ~all_have] = np.nan  # as MeasureTexture: no pairs in one direction, no texture
-    return {f"{name}_{d:02d}": feats[d, fi] for d in range(len(_DIRECTIONS)) for fi, name in enumerate(TEXTURE_FEATURES)}
+    return {
+        f"{name}_{d:02d}": feats[d, fi]
+        for d in range(len(_DIRECTIONS))
+        for fi, name in enumerate(TEXTURE_FEATURES)
+    }
 
 
 # ------------------------------------------------------------------------ neighbours
@@ -728,6 +747,7 @@ def iter_cellprofiler_features(
     texture_scale: int = 3,
     texture_levels: int = 256,
     neighbor_distance: int = 5,
+    positions: bool = False,
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Measure every labelled object as CellProfiler 4 does, yielding progress.
 
@@ -749,6 +769,10 @@ def iter_cellprofiler_features(
     neighbor_distance : int, optional
         The distance of the *Within a given distance* neighbour method (default 5);
         the *Adjacent* method is always measured too.
+    positions : bool, optional
+        Also give this package's position columns after ``label``
+        (``centroid_y``, ``centroid_x``, ``bbox_min_y`` ... ``bbox_max_x``, the maxima
+        exclusive), which the viewer uses to find a cell (default False).
 
     Yields
     ------
@@ -774,61 +798,81 @@ def iter_cellprofiler_features(
     columns = cellprofiler_columns(
         list(channels), groups, texture_scale=scale, texture_levels=levels, neighbor_distance=distance
     )
+    if positions:
+        columns[1:1] = list(POSITION_COLUMNS)
     do_int = "intensity" in groups and bool(channels)
     do_tex = "texture" in groups and bool(channels)
     n_steps = 1 + ("shape" in groups) + ("zernike" in groups) + ("neighbors" in groups)
     n_steps += len(channels) * (do_int + do_tex)
     step = 0
-    yield Progress(step, n_steps, "Scanning labels")
+    yield Progress(step * _SUB, n_steps * _SUB, "Scanning labels")
     if labels.size == 0 or not labels.any():
-        yield Progress(n_steps, n_steps, "No labels")
+        yield Progress(n_steps * _SUB, n_steps * _SUB, "No labels")
         return pd.DataFrame({c: np.zeros(0, dtype=_dtype(c)) for c in columns})
     scan = _Scan(labels, perimeter="shape" in groups, touching=False)
     runs = _Runs(labels, scan.run_start, scan.run_end)
     cen = _Centroids(runs, (1.0, 1.0))
     step += 1
     data: dict[str, np.ndarray] = {"label": runs.ids}
+    if positions:
+        last_run = np.append(runs.first_run[1:], runs.row.size) - 1
+        data |= {
+            "centroid_y": cen.cy,
+            "centroid_x": cen.cx,
+            "bbox_min_y": runs.row[runs.first_run],
+            "bbox_min_x": np.minimum.reduceat(runs.c0, runs.first_run),
+            "bbox_max_y": runs.row[last_run] + 1,
+            "bbox_max_x": np.maximum.reduceat(runs.c1, runs.first_run) + 1,
+        }
     hulls = None
     if "shape" in groups or "zernike" in groups:
         hulls = geometry.hulls_of_runs(runs.run_rank, runs.row, runs.c0, runs.c1, runs.n)
     if "shape" in groups:
-        yield Progress(step, n_steps, "AreaShape")
+        yield Progress(step * _SUB, n_steps * _SUB, "AreaShape")
         data |= {f"AreaShape_{k}": v for k, v in _areashape(labels, runs, scan, cen, hulls).items()}
         step += 1
     if "zernike" in groups:
-        yield Progress(step, n_steps, "AreaShape: Zernike")
+        yield Progress(step * _SUB, n_steps * _SUB, "AreaShape: Zernike")
         data |= {f"AreaShape_{k}": v for k, v in _zernike(runs, hulls).items()}
         step += 1
     chunks = runs.chunks(_CHUNK_PIXELS * 4)
     if do_int:
         edge = _edge_pixels(labels)
         for name, img in channels.items():
-            yield Progress(step, n_steps, f"Intensity: {name}")
             flat = np.ascontiguousarray(img).ravel()
-            parts = [_intensity_chunk(runs.pixels(k0, k1), flat, edge) for k0, k1 in chunks]
-            for key in parts[0]:
+            pieces: list[dict[str, np.ndarray]] = []
+            for i, (k0, k1) in enumerate(chunks):
+                yield Progress(step * _SUB + i * _SUB // len(chunks), n_steps * _SUB, f"Intensity: {name}")
+                pieces.append(_intensity_chunk(runs.pixels(k0, k1), flat, edge))
+            for key in pieces[0]:
                 prefix = "Location" if key in LOCATION_FEATURES else "Intensity"
-                data[f"{prefix}_{key}_{name}"] = np.concatenate([p[key] for p in parts])
+                data[f"{prefix}_{key}_{name}"] = np.concatenate([p[key] for p in pieces])
             step += 1
     if do_tex:
-        yield Progress(step, n_steps, "Texture")
         q_flats = {name: _grey_levels(np.asarray(img), levels).ravel() for name, img in channels.items()}
-        parts: dict[str, list] = {name: [] for name in channels}
-        for k0, k1 in runs.chunks(_TEXTURE_CHUNK_PIXELS, max_labels=8):
+        entries: dict[str, list] = {name: [] for name in channels}
+        tex_chunks = runs.chunks(_TEXTURE_CHUNK_PIXELS, max_labels=8)
+        n_tex = len(channels)
+        for i, (k0, k1) in enumerate(tex_chunks):
+            yield Progress(
+                step * _SUB + i * n_tex * _SUB // len(tex_chunks),
+                n_steps * _SUB,
+                f"Texture: {k0}/{runs.n} objects",
+            )
             chunk = runs.pixels(k0, k1)
             pairs = [_pixel_pairs(runs, chunk, dy * scale, dx * scale) for dy, dx in _DIRECTIONS]
             for name, q_flat in q_flats.items():
-                parts[name].append(_texture_entries(q_flat[chunk.flat], pairs, chunk))
+                entries[name].append(_texture_entries(q_flat[chunk.flat], pairs, chunk))
         for name in channels:
-            for key, values in _texture_features(parts[name], runs.n).items():
+            for key, values in _texture_features(entries[name], runs.n).items():
                 feat, d = key.rsplit("_", 1)
                 data[f"Texture_{feat}_{name}_{scale}_{d}_{levels}"] = values
             step += 1
     if "neighbors" in groups:
-        yield Progress(step, n_steps, "Neighbors")
+        yield Progress(step * _SUB, n_steps * _SUB, "Neighbors")
         data |= {f"Neighbors_{k}": v for k, v in _neighbors(labels, runs, cen, distance).items()}
         step += 1
-    yield Progress(n_steps, n_steps, f"Measured {runs.n} objects")
+    yield Progress(n_steps * _SUB, n_steps * _SUB, f"Measured {runs.n} objects")
     return pd.DataFrame({c: np.asarray(data[c], dtype=_dtype(c)) for c in columns})
 
 

@@ -36,12 +36,15 @@ import pandas as pd
 from .progress import Progress, run
 
 __all__ = [
+    "DEFAULT_FEATURE_GROUPS",
     "FEATURE_GROUPS",
+    "FEATURE_SETS",
     "INTENSITY_FEATURES",
     "NEIGHBOR_FEATURES",
     "RENAMED_COLUMNS",
     "SHAPE_FEATURES",
     "TEXTURE_FEATURES",
+    "ZERNIKE_FEATURES",
     "compute_features",
     "feature_columns",
     "iter_features",
@@ -49,7 +52,12 @@ __all__ = [
 ]
 
 #: The feature groups, in the order their columns appear in the table.
-FEATURE_GROUPS = ("shape", "intensity", "texture", "neighbors")
+FEATURE_GROUPS = ("shape", "zernike", "intensity", "texture", "neighbors")
+#: The groups measured unless others are asked for (Zernike moments are opt-in).
+DEFAULT_FEATURE_GROUPS = ("shape", "intensity", "texture", "neighbors")
+#: The feature sets: this package's fast default, and CellProfiler 4's definitions
+#: and column names (:mod:`napari_phenotyper.core.cellprofiler`).
+FEATURE_SETS = ("default", "cellprofiler")
 
 #: Shape columns (one each per cell). ``bbox_max_*`` are exclusive, as in regionprops.
 SHAPE_FEATURES = (
@@ -101,6 +109,9 @@ TEXTURE_FEATURES = (
 
 #: Neighbour features.
 NEIGHBOR_FEATURES = ("n_neighbors",)
+
+#: Zernike moments of the cell's mask in its minimum enclosing circle, degree 0 to 9.
+ZERNIKE_FEATURES = tuple(f"zernike_{n}_{m}" for n in range(10) for m in range(n % 2, n + 1, 2))
 
 #: Column name prefixes of earlier versions and their present names (tables and
 #: classifiers saved before a rename still apply; see :func:`upgrade_column_names`).
@@ -166,7 +177,7 @@ def _normalise_groups(groups: Iterable[str] | str) -> tuple[str, ...]:
 
 
 def feature_columns(
-    channel_names: Sequence[str] | None = (), groups: Iterable[str] = FEATURE_GROUPS
+    channel_names: Sequence[str] | None = (), groups: Iterable[str] = DEFAULT_FEATURE_GROUPS
 ) -> list[str]:
     """Column names of a feature table, in order.
 
@@ -176,21 +187,24 @@ def feature_columns(
         Intensity channel names, in the order they were given to
         :func:`iter_features` (a single array is called ``"intensity"``).
     groups : iterable of str, optional
-        Feature groups among :data:`FEATURE_GROUPS`. Columns always come in the
-        canonical group order, whatever the order given here.
+        Feature groups among :data:`FEATURE_GROUPS` (default
+        :data:`DEFAULT_FEATURE_GROUPS`). Columns always come in the canonical group
+        order, whatever the order given here.
 
     Returns
     -------
     list of str
-        ``label``, then shape columns, then ``<feature>_<channel>`` intensity columns
-        channel by channel, then texture columns channel by channel, then
-        ``n_neighbors``. Intensity and texture columns need at least one channel.
+        ``label``, then shape columns, Zernike columns, ``<feature>_<channel>``
+        intensity columns channel by channel, then texture columns channel by channel,
+        then ``n_neighbors``. Intensity and texture columns need at least one channel.
     """
     groups = _normalise_groups(groups)
     channels = [str(c) for c in (channel_names or ())]
     cols = ["label"]
     if "shape" in groups:
         cols += SHAPE_FEATURES
+    if "zernike" in groups:
+        cols += ZERNIKE_FEATURES
     if "intensity" in groups:
         cols += [f"{f}_{c}" for c in channels for f in INTENSITY_FEATURES]
     if "texture" in groups:
@@ -909,6 +923,19 @@ def _texture_chunk(
         return {f: np.where(n_valid > 0, acc[f] / n_valid, np.nan) for f in TEXTURE_FEATURES}
 
 
+# ---------------------------------------------------------------------------- zernike
+def _zernike_features(runs: _Runs) -> dict[str, np.ndarray]:
+    """Zernike moments of every label's mask in its minimum enclosing circle (all pixels)."""
+    from . import geometry
+
+    hulls = geometry.hulls_of_runs(runs.run_rank, runs.row, runs.c0, runs.c1, runs.n)
+    centres, radii = geometry.minimum_enclosing_circles(hulls)
+    indexes, scores = geometry.zernike_scores(
+        runs.run_rank, runs.row, runs.c0, runs.length, runs.first_run, centres, radii
+    )
+    return {f"zernike_{n}_{m}": scores[:, i] for i, (n, m) in enumerate(indexes)}
+
+
 # ---------------------------------------------------------------------------- neighbours
 def _n_neighbors(runs: _Runs, scan: _Scan) -> np.ndarray:
     """Number of distinct other labels in every label's 8-neighbourhood."""
@@ -930,7 +957,7 @@ def iter_features(
     labels: np.ndarray,
     intensities: np.ndarray | Mapping[str, np.ndarray] | None = None,
     *,
-    groups: Iterable[str] = FEATURE_GROUPS,
+    groups: Iterable[str] = DEFAULT_FEATURE_GROUPS,
     texture_distances: Sequence[int] = (1,),
     texture_levels: int = 32,
     spacing: float | Sequence[float] | None = None,
@@ -945,8 +972,9 @@ def iter_features(
         Intensity channels. A single array is called ``"intensity"``; a mapping's
         order is the column order.
     groups : iterable of str, optional
-        Feature groups among :data:`FEATURE_GROUPS` (default: all). ``intensity``
-        and ``texture`` need at least one channel.
+        Feature groups among :data:`FEATURE_GROUPS` (default
+        :data:`DEFAULT_FEATURE_GROUPS`: all but ``zernike``). ``intensity`` and
+        ``texture`` need at least one channel.
     texture_distances : sequence of int, optional
         Co-occurrence distances in pixels. Offsets at 0, 45, 90 and 135 degrees are
         ``(0, d), (d, d), (d, 0), (d, -d)`` (for ``d = 1`` the same as
@@ -988,7 +1016,10 @@ def iter_features(
     between the row axis and the major axis), ``solidity`` is area over the area of
     ``convex_image``, ``euler_number`` uses 8-connectivity, ``bbox_max_*`` are
     exclusive. ``circularity`` is ``4 pi area / perimeter**2`` (NaN for zero
-    perimeter, i.e. single pixels). Intensity statistics match numpy on the cell's
+    perimeter, i.e. single pixels). ``zernike_<n>_<m>`` is
+    ``|sum over the cell's pixels of R_nm(r) exp(i m theta)| / (pi radius^2)`` in the
+    cell's minimum enclosing circle (CellProfiler's Zernike features; NaN for one
+    pixel), in pixels whatever the spacing. Intensity statistics match numpy on the cell's
     pixels (std with ``ddof=0``, linear quantiles; a NaN pixel makes them NaN);
     ``mass_displacement`` is the distance between the intensity-weighted and the
     plain centroid. Haralick features use a symmetric, normalised co-occurrence
@@ -1009,10 +1040,11 @@ def iter_features(
         )
     columns = feature_columns(list(channels), groups)
     do_shape = "shape" in groups
+    do_zernike = "zernike" in groups
     do_int = "intensity" in groups and bool(channels)
     do_tex = "texture" in groups and bool(channels)
     do_nb = "neighbors" in groups
-    n_stages = 1 + do_shape + len(channels) * (do_int + do_tex)
+    n_stages = 1 + do_shape + do_zernike + len(channels) * (do_int + do_tex)
     total = n_stages * _STAGE
     step = 0
     yield Progress(step, total, "Scanning labels")
@@ -1028,6 +1060,10 @@ def iter_features(
     if do_shape:
         yield Progress(step, total, "Shape")
         data.update(_shape_features(runs, scan, cen, spacing_yx))
+        step += _STAGE
+    if do_zernike:
+        yield Progress(step, total, "Zernike moments")
+        data.update(_zernike_features(runs))
         step += _STAGE
     channel_arrays = {name: np.ascontiguousarray(img) for name, img in channels.items()}
 

@@ -19,7 +19,14 @@ from math import comb, factorial, sqrt
 
 import numpy as np
 
-__all__ = ["Hulls", "feret_diameters", "hulls_of_runs", "minimum_enclosing_circles", "zernike_indexes", "zernike_scores"]
+__all__ = [
+    "Hulls",
+    "feret_diameters",
+    "hulls_of_runs",
+    "minimum_enclosing_circles",
+    "zernike_indexes",
+    "zernike_scores",
+]
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,10 @@ def feret_diameters(hulls: Hulls) -> tuple[np.ndarray, np.ndarray]:
         edge_ok = v & (length > 0) & (cnt >= 3)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             # distance of vertex j to the line of edge i
-            cross = np.abs(ey[:, :, None] * (x[:, None, :] - x[:, :, None]) - ex[:, :, None] * (y[:, None, :] - y[:, :, None]))
+            cross = np.abs(
+                ey[:, :, None] * (x[:, None, :] - x[:, :, None])
+                - ex[:, :, None] * (y[:, None, :] - y[:, :, None])
+            )
             dist = cross / np.where(length > 0, length, 1.0)[:, :, None]
         width = np.where(v[:, None, :], dist, 0).max(axis=2)
         width = np.where(edge_ok, width, np.inf).min(axis=1)
@@ -247,7 +257,11 @@ def _zernike_monomials(indexes: list[tuple[int, int]], deg: int) -> np.ndarray:
     for k, (n, m) in enumerate(indexes):
         radial = np.zeros((size, size), dtype=np.complex128)
         for s in range((n - m) // 2 + 1):
-            coef = (-1) ** s * factorial(n - s) / (factorial(s) * factorial((n + m) // 2 - s) * factorial((n - m) // 2 - s))
+            coef = (
+                (-1) ** s
+                * factorial(n - s)
+                / (factorial(s) * factorial((n + m) // 2 - s) * factorial((n - m) // 2 - s))
+            )
             radial += coef * r2_pow[(n - m) // 2 - s]
         out[k] = mul(radial, z_pow[m])
     return out

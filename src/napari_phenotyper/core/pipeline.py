@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .channels import clean_channel_name
-from .features import FEATURE_GROUPS, iter_features
+from .features import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, FEATURE_SETS, iter_features
 from .progress import Progress, sub_progress
 from .segment import get_segmenter
 from .segment.base import SegmentationError
@@ -67,13 +67,21 @@ class MeasureParams:
     Parameters
     ----------
     groups : tuple of str
-        Feature groups among ``shape``, ``intensity``, ``texture``, ``neighbors``.
+        Feature groups among ``shape``, ``zernike``, ``intensity``, ``texture``,
+        ``neighbors`` (default: all but ``zernike``).
     texture_levels : int
-        Grey levels of the co-occurrence matrices (texture features).
+        Grey levels of the co-occurrence matrices (texture features of the default
+        set; the CellProfiler set uses CellProfiler's 256).
+    feature_set : str
+        ``"default"`` (this package's fast features) or ``"cellprofiler"``
+        (CellProfiler 4's definitions and column names, with its defaults: texture
+        at scale 3 with 256 grey levels, neighbours adjacent and within 5 pixels; see
+        :mod:`napari_phenotyper.core.cellprofiler`).
     """
 
-    groups: tuple[str, ...] = FEATURE_GROUPS
+    groups: tuple[str, ...] = DEFAULT_FEATURE_GROUPS
     texture_levels: int = 32
+    feature_set: str = "default"
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.groups if g not in FEATURE_GROUPS]
@@ -81,6 +89,8 @@ class MeasureParams:
             raise ValueError(f"Unknown feature group(s) {unknown}; choose among {', '.join(FEATURE_GROUPS)}.")
         if not 2 <= self.texture_levels <= 256:
             raise ValueError("texture_levels must be between 2 and 256.")
+        if self.feature_set not in FEATURE_SETS:
+            raise ValueError(f"Unknown feature set {self.feature_set!r}; choose {' or '.join(FEATURE_SETS)}.")
 
 
 @dataclass
@@ -388,22 +398,30 @@ def iter_measure(
                 f"Intensity channel {name!r} has shape {img.shape} but the labels have shape "
                 f"{labels.shape}; measure on an image of the same size as the segmentation."
             )
-    kwargs: dict[str, Any] = {"groups": params.groups, "texture_levels": params.texture_levels}
+    measure: Callable[..., Generator[Progress, None, pd.DataFrame]]
+    if params.feature_set == "cellprofiler":
+        from .cellprofiler import iter_cellprofiler_features
+
+        measure = iter_cellprofiler_features
+        kwargs: dict[str, Any] = {"groups": params.groups, "positions": True}
+    else:
+        measure = iter_features
+        kwargs = {"groups": params.groups, "texture_levels": params.texture_levels}
     if labels.ndim == spatial_ndim:
-        return (yield from iter_features(labels, channels or None, **kwargs))
+        return (yield from measure(labels, channels or None, **kwargs))
     lead = labels.shape[:-spatial_ndim]
     n = int(np.prod(lead))
     tables = []
     for i, idx in enumerate(np.ndindex(*lead)):
         plane_channels = {k: v[idx] for k, v in channels.items()}
         df = yield from sub_progress(
-            iter_features(labels[idx], plane_channels or None, **kwargs), i, n, f"Plane {i + 1}/{n}: "
+            measure(labels[idx], plane_channels or None, **kwargs), i, n, f"Plane {i + 1}/{n}: "
         )
         for ax, value in reversed(list(enumerate(idx))):
             df.insert(1, f"{PLANE_PREFIX}{ax}", np.full(len(df), value, dtype=np.int64))
         tables.append(df)
     if not tables:  # a zero-length leading axis: an empty table with the usual columns and dtypes
-        empty = yield from iter_features(
+        empty = yield from measure(
             np.zeros((1, 1), np.uint32), {k: np.zeros((1, 1)) for k in channels} or None, **kwargs
         )
         for ax in reversed(range(len(lead))):

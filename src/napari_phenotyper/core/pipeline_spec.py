@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .features import FEATURE_GROUPS
+from .features import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, FEATURE_SETS
 from .pipeline import MeasureParams
 
 __all__ = [
@@ -48,7 +48,7 @@ _TOP_KEYS = {
     "napari_phenotyper",
 }
 _SEGMENTER_KEYS = {"name", "params", "auto_diameter", "model"}
-_MEASURE_KEYS = {"groups", "texture_levels"}
+_MEASURE_KEYS = {"groups", "texture_levels", "feature_set"}
 _SHA256_LEN = 64
 
 
@@ -136,6 +136,8 @@ class PipelineSpec:
         Feature groups to measure.
     texture_levels : int
         Grey levels of the texture features.
+    feature_set : str
+        ``"default"`` or ``"cellprofiler"`` (see :class:`~napari_phenotyper.core.pipeline.MeasureParams`).
     classifier : FileRef, optional
         A saved classifier or regressor file applied to every cell.
     name, description : str
@@ -147,8 +149,9 @@ class PipelineSpec:
     auto_diameter: bool = False
     model: ModelRef | None = None
     channel: int | None = None
-    feature_groups: tuple[str, ...] = FEATURE_GROUPS
+    feature_groups: tuple[str, ...] = DEFAULT_FEATURE_GROUPS
     texture_levels: int = 32
+    feature_set: str = "default"
     classifier: FileRef | None = None
     name: str = ""
     description: str = ""
@@ -180,7 +183,11 @@ class PipelineSpec:
 
     def measure_params(self) -> MeasureParams:
         """What to measure, as :class:`~napari_phenotyper.core.pipeline.MeasureParams`."""
-        return MeasureParams(groups=tuple(self.feature_groups), texture_levels=int(self.texture_levels))
+        return MeasureParams(
+            groups=tuple(self.feature_groups),
+            texture_levels=int(self.texture_levels),
+            feature_set=self.feature_set,
+        )
 
     def validate(self, source: str = "pipeline") -> PipelineSpec:
         """Check that the segmenter, its parameters and the measurement are valid.
@@ -237,7 +244,12 @@ class PipelineSpec:
                 "model": None if self.model is None else self.model.to_dict(),
             },
             "channel": self.channel,
-            "measure": {"groups": list(self.feature_groups), "texture_levels": int(self.texture_levels)},
+            "measure": {
+                "groups": list(self.feature_groups),
+                "texture_levels": int(self.texture_levels),
+                # written only when not the default, so that older pipelines keep their digest
+                **({"feature_set": self.feature_set} if self.feature_set != "default" else {}),
+            },
             "classifier": None if self.classifier is None else self.classifier.to_dict(),
         }
 
@@ -353,7 +365,7 @@ class PipelineSpec:
                 problems.append(
                     f"measure: unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(_MEASURE_KEYS))}."
                 )
-            groups = measure.get("groups", list(FEATURE_GROUPS))
+            groups = measure.get("groups", list(DEFAULT_FEATURE_GROUPS))
             if not (isinstance(groups, list) and groups and all(isinstance(g, str) for g in groups)):
                 problems.append(
                     f"measure.groups: must list feature groups among {', '.join(FEATURE_GROUPS)}."
@@ -372,6 +384,13 @@ class PipelineSpec:
                 )
             else:
                 kwargs["texture_levels"] = levels
+            feature_set = measure.get("feature_set", "default")
+            if feature_set not in FEATURE_SETS:
+                problems.append(
+                    f"measure.feature_set: must be {' or '.join(map(repr, FEATURE_SETS))}, not {feature_set!r}."
+                )
+            else:
+                kwargs["feature_set"] = feature_set
 
         clf = data.get("classifier")
         if clf is not None:

@@ -45,11 +45,17 @@ FEATURE_GROUP_NAMES = ("shape", "intensity", "texture", "neighbors")
 
 # Identity and position columns are never features: where a cell is says nothing of
 # its phenotype, and a classifier must not learn the label ids.
-_NOT_FEATURES = re.compile(r"^(label|index|image|axis\d+|centroid_.*|bbox_.*|pheno_.*)$")
+_NOT_FEATURES = re.compile(
+    r"^(label|index|image|axis\d+|centroid_.*|bbox_.*|pheno_.*"
+    # the CellProfiler set's positions and neighbour object numbers
+    r"|AreaShape_Center_.*|AreaShape_BoundingBox(Minimum|Maximum)_.*|Location_.*|Neighbors_.*ClosestObjectNumber_.*)$"
+)
 _GROUP_PATTERNS = {
-    "texture": re.compile(r"^(haralick|glcm)_"),
-    "neighbors": re.compile(r"^n_neighbors$"),
-    "intensity": re.compile(r"^(mean|std|min|max|median|q25|q75|integrated)_intensity_|^mass_displacement_"),
+    "texture": re.compile(r"^(haralick|glcm|Texture)_"),
+    "neighbors": re.compile(r"^n_neighbors$|^Neighbors_"),
+    "intensity": re.compile(
+        r"^(mean|std|min|max|median|q25|q75|integrated)_intensity_|^mass_displacement_|^Intensity_"
+    ),
 }
 
 
