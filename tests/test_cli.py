@@ -243,3 +243,40 @@ def test_batch_on_local_dask_workers(tmp_path, capsys):
     assert manifest["execution"]["mode"] == "dask" and manifest["execution"]["workers"] == 1
     assert manifest["run"]["executor_start_seconds"] > 0
     assert len(pd.read_parquet(out / "cells.parquet")) == 3
+
+
+def test_cellprofiler_feature_set_from_the_command_line(tmp_path, capsys):
+    """segment --feature-set cellprofiler writes CellProfiler's columns; a pipeline keeps
+    the set and batch measures with it; --features all adds the Zernike moments."""
+    images = _write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["segment", str(images), "--out", str(out), "--quiet", "--diameter", "18"]
+    assert main([*argv, "--feature-set", "cellprofiler", "--features", "shape,intensity,zernike"]) == 0
+    cells = pd.read_csv(out / "cells.csv")
+    assert {"AreaShape_Area", "AreaShape_Zernike_4_2", "Intensity_MeanIntensity_image", "centroid_y"} <= set(
+        cells
+    )
+    assert not any(c.startswith(("Texture_", "Neighbors_", "mean_intensity")) for c in cells)
+    # the disks are 1000 in a uint16 image: CellProfiler scales it to [0, 1]
+    assert cells["Intensity_MaxIntensity_image"].max() == pytest.approx(1000 / 65535, rel=1e-9)
+    assert main([*argv, "--features", "all"]) == 0
+    cells = pd.read_csv(out / "cells.csv")
+    assert "zernike_0_0" in cells and "haralick_contrast_image" in cells and "n_neighbors" in cells
+    assert main([*argv, "--features", "shape,colour"]) == 2
+    assert "Unknown feature group" in capsys.readouterr().err
+
+    pipe = tmp_path / "cp.json"
+    assert main(["pipeline", str(pipe), "--diameter", "18", "--feature-set", "cellprofiler"]) == 0
+    spec = json.loads(pipe.read_text())
+    assert spec["measure"]["feature_set"] == "cellprofiler"
+    assert spec["measure"]["groups"] == ["shape", "intensity", "texture", "neighbors"]
+    assert (
+        main(["batch", str(pipe), str(images), "--out", str(tmp_path / "b"), "--format", "csv", "--quiet"])
+        == 0
+    )
+    cells = pd.read_csv(tmp_path / "b" / "cells.csv")
+    assert "Texture_Contrast_image_3_00_256" in cells and "Neighbors_NumberOfNeighbors_Adjacent" in cells
+    # the default set's pipeline file does not mention the set (its digest is unchanged)
+    plain = tmp_path / "plain.json"
+    assert main(["pipeline", str(plain), "--diameter", "18"]) == 0
+    assert "feature_set" not in json.loads(plain.read_text())["measure"]

@@ -587,3 +587,34 @@ def test_zernike_matches_a_direct_sum_over_the_pixels(shared_data):
                 )
                 expected = abs(np.sum(radial * np.exp(1j * m * theta))) / (np.pi * radii[k] ** 2)
                 assert df[f"zernike_{n}_{m}"][k] == pytest.approx(expected, rel=1e-9, abs=1e-12), (k, n, m)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, bool])
+def test_small_integer_intensities_match_numpy_exactly(dtype):
+    """Small-integer images take the histogram path: sums, an exact variance (a bright,
+    flat uint16 cell would lose digits to cancellation otherwise), quantiles, mass displacement."""
+    rng = np.random.default_rng(5)
+    lab = np.zeros((60, 70), np.int32)
+    lab[3:30, 4:40] = 1
+    lab[32:58, 10:66] = 2
+    lab[5:25, 45:68] = 7
+    info = np.iinfo(dtype) if dtype is not bool else None
+    if dtype is bool:
+        img = rng.random(lab.shape) > 0.5
+    elif dtype == np.uint16:
+        img = (60000 + rng.integers(0, 3, lab.shape)).astype(dtype)  # mean 60001, std ~0.8
+    else:
+        img = rng.integers(max(info.min, -500), min(info.max, 500), lab.shape).astype(dtype)
+    df = compute_features(lab, {"c": img}, groups=("intensity",))
+    rows, cols = np.indices(lab.shape)
+    for i, k in enumerate((1, 2, 7)):
+        m = lab == k
+        v = img[m].astype(np.float64)
+        assert df["mean_intensity_c"][i] == pytest.approx(v.mean(), rel=1e-14)
+        assert df["std_intensity_c"][i] == pytest.approx(v.std(), rel=1e-12)
+        assert df["integrated_intensity_c"][i] == v.sum()
+        for name, q in (("median", 0.5), ("q25", 0.25), ("q75", 0.75)):
+            assert df[f"{name}_intensity_c"][i] == pytest.approx(np.quantile(v, q), rel=1e-14)
+        wy = (rows[m] * v).sum() / v.sum() - rows[m].mean()
+        wx = (cols[m] * v).sum() / v.sum() - cols[m].mean()
+        assert df["mass_displacement_c"][i] == pytest.approx(np.hypot(wy, wx), rel=1e-9, abs=1e-12)

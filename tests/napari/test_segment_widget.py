@@ -422,3 +422,41 @@ def test_measured_layers_get_short_stable_channel_names(make_napari_viewer, qtbo
     widget.channel_names[1].value = "  "
     with pytest.raises(ValueError, match="channel name"):
         widget.request()
+
+
+def test_cellprofiler_feature_set_and_zernike_from_the_dock(viewer_with_sample, qtbot):
+    """Feature set "CellProfiler 4" and the Zernike box: the layer's table has CellProfiler's
+    columns (plus the positions the viewer needs) and says how it was measured; the Batch
+    dock copies the choice into its pipeline."""
+    from napari_phenotyper._napari.batch_widget import BatchWidget
+
+    viewer = viewer_with_sample
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image.value = viewer.layers["nuclei"]
+    widget.auto_diameter.value = False
+    widget.form.set_value("diameter", 16.0)
+    assert widget.feature_set.value == "default" and not widget.groups["zernike"].value  # opt-in
+    widget.feature_set.value = "cellprofiler"
+    widget.groups["zernike"].value = True
+    widget.groups["texture"].value = False
+    _run_and_wait(qtbot, widget)
+    layer = find_result_layer(viewer, viewer.layers["nuclei"])
+    df = layer.features
+    assert {
+        "AreaShape_Area",
+        "AreaShape_Zernike_9_9",
+        "Intensity_MedianIntensity_image",
+        "Neighbors_PercentTouching_5",
+    } <= set(df)
+    assert {"centroid_y", "bbox_max_x", "index"} <= set(df) and not any(c.startswith("Texture_") for c in df)
+    assert layer.metadata[META_KEY]["measure"]["feature_set"] == "cellprofiler"
+    assert "cells" in widget.status.value
+
+    batch = BatchWidget(viewer)
+    viewer.window.add_dock_widget(batch)
+    assert batch.copy_from_segment_widget()
+    spec = batch.pipeline_spec()
+    assert spec.feature_set == "cellprofiler" and "zernike" in spec.feature_groups
+    batch.set_pipeline(spec.__class__(feature_groups=("shape",)))
+    assert batch.feature_set.value == "default"
