@@ -675,3 +675,38 @@ def test_x_excludes_a_proposed_cell_and_proposals_skip_border_cells(cropped, qtb
     assert widget.store.is_excluded(key, proposed)
     saved = json.loads((widget.store.path).read_text())
     assert {"image": key, "label": proposed, "class": "(excluded)"} in saved["annotations"]
+
+
+def test_the_loop_runs_on_a_cellprofiler_table(make_napari_viewer, qtbot, tmp_path):
+    """Cells measured with the CellProfiler set: keys annotate, the retrain predicts every
+    cell from CellProfiler's columns, never from positions or neighbour object numbers."""
+    from napari_phenotyper.core.cellprofiler import compute_cellprofiler_features
+
+    viewer = make_napari_viewer()
+    image, labels, kinds = _cells()
+    img_layer = viewer.add_image(image, name="cells")
+    feats = compute_cellprofiler_features(labels, {"image": image}, positions=True)
+    lab_layer = upsert_labels(viewer, img_layer, labels, feats, {"backend": "test"})
+    widget = PhenotypeWidget(viewer, session_path=tmp_path / "session.json")
+    viewer.window.add_dock_widget(widget)
+    widget.add_class("small")
+    widget.add_class("big")
+    viewer.layers.selection.active = lab_layer
+    try:
+        for lab in (1, 2, 3, 4, 10, 11):
+            _point_at(viewer, lab_layer, lab)
+            _press(viewer, qtbot, "1" if kinds[lab] == "small" else "2")
+        _wait_trained(widget, qtbot)
+        qtbot.waitUntil(lambda: widget.result is not None, timeout=20000)
+        table = lab_layer.features.set_index("label")
+        truth = pd.Series(kinds)
+        assert (table["pheno_class"].astype(str).loc[truth.index] == truth).mean() >= 0.95
+        used = widget.result.feature_names
+        assert "AreaShape_Area" in used and any(c.startswith("Texture_") for c in used)
+        assert not any(
+            c.startswith(("Location_", "AreaShape_Center")) or "ClosestObjectNumber" in c for c in used
+        )
+        assert "centroid_y" not in used
+    finally:
+        widget.close_session()
+        qtbot.waitUntil(lambda: widget._worker is None and widget._quality_worker is None, timeout=30000)
