@@ -137,3 +137,32 @@ def test_batch_pairs_a_one_channel_classifier_with_the_segmented_image(tmp_path)
         ValueError, match=r"uses channels 'gfp', 'dapi', but a batch run measures one channel"
     ):
         _load_model(PipelineSpec(classifier=FileRef(str(two))))
+
+
+def test_cellprofiler_columns_name_their_channel_and_classifiers_map_them(tmp_path):
+    """Intensity_*, Location_* and Texture_*_<ch>_3_00_256 name a channel: a classifier
+    trained on CellProfiler-set cells measured as "gfp" applies to a batch's "image"."""
+    from napari_phenotyper.core.cellprofiler import compute_cellprofiler_features
+
+    assert channel_of_column("Intensity_MeanIntensityEdge_dna") == "dna"
+    assert channel_of_column("Location_CenterMassIntensity_X_my_gfp") == "my_gfp"
+    assert channel_of_column("Texture_InfoMeas2_dna_3_01_256") == "dna"
+    assert (
+        channel_of_column("AreaShape_Area") is None
+        and channel_of_column("Neighbors_PercentTouching_5") is None
+    )
+    labels, a, _, kinds = _two_channel_cells(0)
+    t1 = compute_cellprofiler_features(labels, {"gfp": a}, groups=("shape", "intensity", "texture"))
+    y = [kinds[int(lab)] for lab in t1["label"]]
+    path = save_classifier(
+        tmp_path / "cp.phenotyper.zip", t1, y, feature_columns_for(t1), ClassifierSettings()
+    )
+    assert load_classifier(path).channels == ["gfp"]
+    model, classes, info = _load_model(
+        PipelineSpec(classifier=FileRef(str(path)), feature_set="cellprofiler")
+    )
+    assert info["channel_map"] == {"gfp": "image"} and classes == ("bright", "dim")
+    assert "Texture_Contrast_image_3_00_256" in model.feature_names
+    t2 = compute_cellprofiler_features(labels, {"image": a}, groups=("shape", "intensity", "texture"))
+    pred = predict(model, t2)["pheno_class"]
+    assert (pred.to_numpy() == np.array(y)).mean() >= 0.9

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .channels import ChannelMismatch
-from .features import feature_columns
+from .features import FEATURE_GROUPS, feature_columns
 from .layout import KEY_COLUMNS, make_layout, natural_key
 from .pipeline import DEFAULT_CHANNEL, estimate_params_diameter, iter_segment_and_measure, package_versions
 from .pipeline_spec import FileRef, ModelRef, PipelineSpec
@@ -641,8 +641,14 @@ def _load_model(pipeline: PipelineSpec) -> tuple[Any, tuple[str, ...], dict[str,
             "save the pipeline again with this classifier, or restore the file."
         )
     clf_file = load_classifier(path)
+    if pipeline.feature_set == "cellprofiler":
+        from .cellprofiler import cellprofiler_columns
+
+        measured = cellprofiler_columns([DEFAULT_CHANNEL])
+    else:
+        measured = feature_columns([DEFAULT_CHANNEL], FEATURE_GROUPS)
     try:  # a batch measures the segmented channel, named "image": a one-channel classifier pairs with it
-        clf_file = clf_file.for_columns(feature_columns([DEFAULT_CHANNEL]))
+        clf_file = clf_file.for_columns(measured)
     except ChannelMismatch as exc:
         raise ValueError(
             f"Classifier {path.name} uses channels {', '.join(map(repr, exc.needed))}, but a batch run "

@@ -42,13 +42,53 @@ def clean_channel_name(name: str, default: str = "image") -> str:
     return cleaned or default
 
 
-def channel_of_column(column: str) -> str | None:
-    """The channel of a per-channel feature column (``mean_intensity_gfp`` -> ``gfp``), else ``None``."""
+def _cellprofiler_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    from .cellprofiler import INTENSITY_FEATURES as CP_INTENSITY
+    from .cellprofiler import LOCATION_FEATURES as CP_LOCATION
+    from .cellprofiler import TEXTURE_FEATURES as CP_TEXTURE
+
+    plain = "|".join(
+        [f"Intensity_{f}" for f in sorted(CP_INTENSITY, key=len, reverse=True)]
+        + [f"Location_{f}" for f in sorted(CP_LOCATION, key=len, reverse=True)]
+    )
+    texture = "|".join(sorted(CP_TEXTURE, key=len, reverse=True))
+    return (
+        re.compile(rf"^({plain})_(.+)$"),
+        re.compile(rf"^(Texture_(?:{texture}))_(.+)(_\d+_\d\d_\d+)$"),
+    )
+
+
+_CP_PLAIN, _CP_TEXTURE = _cellprofiler_patterns()
+
+
+def _split_channel(column: str) -> tuple[str, str, str] | None:
+    """``(before, channel, after)`` of a per-channel column of either feature set, else None.
+
+    ``mean_intensity_gfp`` -> ``("mean_intensity_", "gfp", "")``;
+    ``Texture_Contrast_gfp_3_00_256`` -> ``("Texture_Contrast_", "gfp", "_3_00_256")``.
+    """
     column = str(column)
     for prefix in _PER_CHANNEL:
         if column.startswith(prefix + "_") and len(column) > len(prefix) + 1:
-            return column[len(prefix) + 1 :]
+            return prefix + "_", column[len(prefix) + 1 :], ""
+    m = _CP_TEXTURE.match(column)
+    if m:
+        return m.group(1) + "_", m.group(2), m.group(3)
+    m = _CP_PLAIN.match(column)
+    if m:
+        return m.group(1) + "_", m.group(2), ""
     return None
+
+
+def channel_of_column(column: str) -> str | None:
+    """The channel of a per-channel feature column, else ``None``.
+
+    ``mean_intensity_gfp`` -> ``gfp``; CellProfiler-set columns too:
+    ``Intensity_MeanIntensity_gfp``, ``Location_MaxIntensity_X_gfp`` and
+    ``Texture_Contrast_gfp_3_00_256`` -> ``gfp``.
+    """
+    split = _split_channel(column)
+    return None if split is None else split[1]
 
 
 def channels_of(columns: Iterable[str]) -> list[str]:
@@ -168,8 +208,11 @@ def rename_channels(columns: Sequence[str], mapping: Mapping[str, str]) -> list[
     """``columns`` with each per-channel column's channel renamed by ``mapping`` (others unchanged)."""
     out = []
     for c in columns:
-        ch = channel_of_column(c)
-        out.append(c if ch is None or ch not in mapping else f"{c[: len(c) - len(ch)]}{mapping[ch]}")
+        split = _split_channel(c)
+        if split is None or split[1] not in mapping:
+            out.append(c)
+        else:
+            out.append(f"{split[0]}{mapping[split[1]]}{split[2]}")
     return out
 
 
