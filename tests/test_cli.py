@@ -280,3 +280,88 @@ def test_cellprofiler_feature_set_from_the_command_line(tmp_path, capsys):
     plain = tmp_path / "plain.json"
     assert main(["pipeline", str(plain), "--diameter", "18"]) == 0
     assert "feature_set" not in json.loads(plain.read_text())["measure"]
+
+
+def test_classify_trains_from_annotated_cells_and_applies_to_tables(tmp_path, capsys, shared_data):
+    """classify --train on CellCognition's 670 expert-labelled H2B cells, then classify
+    tables of those cells (without their classes): predictions, summary and a run record."""
+    source = pd.read_csv(shared_data / "cellcognition_h2b" / "H2B_training_set.csv")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(source))
+    train, test = source.iloc[order[:500]], source.iloc[order[500:]]
+    train.to_csv(tmp_path / "annotated.csv", index=False)
+    clf = tmp_path / "h2b.phenotyper.zip"
+    argv = [
+        "classify",
+        "--train",
+        str(tmp_path / "annotated.csv"),
+        "--class-column",
+        "class_name",
+        "--out",
+        str(clf),
+    ]
+    assert main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("RESULT n_cells=500 n_classes=8 ")
+    assert float(last.split("cv_accuracy=")[1].split()[0]) > 0.8
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    truth = test["class_name"].reset_index(drop=True)
+    cells = test.drop(columns=["class_name"]).reset_index(drop=True)
+    cells.iloc[:100].to_csv(folder / "a.csv", index=False)
+    cells.iloc[100:].to_parquet(folder / "b.parquet", index=False)
+    out = tmp_path / "out"
+    assert main(["classify", "--classifier", str(clf), str(folder), "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "RESULT n_tables=2 n_failed=0 n_cells=170"
+    a = pd.read_csv(out / "a_classified.csv")
+    b = pd.read_parquet(out / "b_classified.parquet")
+    pred = pd.concat([a["pheno_class"], b["pheno_class"]], ignore_index=True)
+    assert (pred == truth).mean() > 0.8  # held-out expert labels
+    assert {"pheno_uncertainty", "pheno_proba_meta"} <= set(a.columns) and len(a.columns) == len(
+        cells.columns
+    ) + 10
+    summary = pd.read_csv(out / "class_summary.csv")
+    assert summary["n_cells"].tolist() == [100, 70]
+    assert summary.filter(regex="^n_").drop(columns="n_cells").sum(axis=1).tolist() == [100, 70]
+    record = json.loads((out / "classify.json").read_text())
+    assert record["failures"] == {} and len(record["classes"]) == 8
+    # bad input says what to do
+    assert main(["classify", "--out", str(out)]) == 2
+    assert "Give --classifier FILE" in capsys.readouterr().err
+    assert main([*argv[:3], "--class-column", "phenotype", "--out", str(clf)]) == 2
+    assert "no column 'phenotype'" in capsys.readouterr().err
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    pd.DataFrame({"label": [1, 2], "area": [3.0, 4.0]}).to_csv(wrong / "w.csv", index=False)
+    assert main(["classify", "--classifier", str(clf), str(wrong), "--out", str(tmp_path / "o2")]) == 1
+    assert "FAILED w.csv: This table lacks" in capsys.readouterr().err
+
+
+def test_classify_maps_channels_of_a_classifier_trained_in_another_naming(tmp_path, capsys):
+    from napari_phenotyper.core.classify.model import ClassifierSettings, feature_columns_for
+    from napari_phenotyper.core.features import compute_features
+    from napari_phenotyper.io.classifier_io import save_classifier
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((80, 80), np.int32)
+    image = rng.normal(100, 5, labels.shape)
+    kinds = {}
+    for k in range(16):
+        r, c = divmod(k, 4)
+        labels[r * 20 + 4 : r * 20 + 16, c * 20 + 4 : c * 20 + 16] = k + 1
+        kinds[k + 1] = "bright" if k % 2 else "dim"
+        if k % 2:
+            image[labels == k + 1] += 200
+    t = compute_features(labels, {"gfp": image, "dapi": image[::-1].copy()}, groups=("intensity",))
+    y = [kinds[int(lab)] for lab in t["label"]]
+    clf = save_classifier(
+        tmp_path / "c.phenotyper.zip", t, y, feature_columns_for(t), ClassifierSettings(trees=20)
+    )
+    other = compute_features(labels, {"ch1": image, "ch2": image[::-1].copy()}, groups=("intensity",))
+    other.to_csv(tmp_path / "cells.csv", index=False)
+    argv = ["classify", "--classifier", str(clf), str(tmp_path / "cells.csv"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    assert "--channel-map CLASSIFIER_CHANNEL=TABLE_CHANNEL" in capsys.readouterr().err
+    assert main([*argv, "--channel-map", "gfp=ch1", "dapi=ch2"]) == 0
+    pred = pd.read_csv(tmp_path / "o" / "cells_classified.csv")
+    assert pred["pheno_class"].tolist() == y

@@ -462,6 +462,180 @@ class _BatchBar:
             self.bar.close()
 
 
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def _expand_tables(inputs: Sequence[str]) -> list[Path]:
+    """Per-cell table files, folders (their .csv/.parquet files, sorted) and glob patterns."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                q for q in p.iterdir() if q.suffix.lower() in TABLE_SUFFIXES and not q.name.startswith(".")
+            )
+            if not found:
+                raise CLIError(f"No per-cell tables (.csv, .parquet) in folder {p}.")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item) if Path(m).is_file())
+            if not matches:
+                raise CLIError(f"No such file, folder or pattern: {item}")
+            paths.extend(matches)
+    return paths
+
+
+def _parse_channel_map(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise CLIError(f"--channel-map wants CLASSIFIER_CHANNEL=TABLE_CHANNEL, got {pair!r}.")
+        old, new = (x.strip() for x in pair.split("=", 1))
+        out[old] = new
+    return out
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    """Apply a saved classifier to per-cell tables, or train one from annotated cells."""
+    import pandas as pd
+
+    from .core.channels import ChannelMismatch
+    from .io.atomic import atomic_write_text
+    from .io.tables import read_table, write_table
+
+    if (args.classifier is None) == (args.train is None):
+        raise CLIError(
+            "Give --classifier FILE (apply it to tables) or --train ANNOTATIONS (train one), not both."
+        )
+    out = Path(args.out)
+    if args.train is not None:
+        from .core.classify.model import ClassifierSettings, cross_validate, feature_columns_for
+        from .io.classifier_io import save_classifier
+
+        table = read_table(args.train)
+        if args.class_column not in table.columns:
+            raise CLIError(
+                f"{args.train} has no column {args.class_column!r}; name the column holding each cell's "
+                "class with --class-column."
+            )
+        annotated = table[table[args.class_column].notna() & (table[args.class_column].astype(str) != "")]
+        annotated = annotated.reset_index(drop=True)
+        labels = annotated[args.class_column].astype(str).tolist()
+        if len(set(labels)) < 2:
+            raise CLIError(f"{args.train} needs cells of at least two classes in {args.class_column!r}.")
+        try:
+            settings = ClassifierSettings(
+                kind=args.kind,
+                feature_groups=tuple(g.strip() for g in args.groups.split(",")) if args.groups else None,
+                seed=args.seed,
+            )
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        features = feature_columns_for(annotated.drop(columns=[args.class_column]), settings.feature_groups)
+        if not features:
+            raise CLIError(f"{args.train} has no numeric feature columns besides {args.class_column!r}.")
+        quality = cross_validate(annotated, labels, settings)
+        path = save_classifier(
+            out,
+            annotated,
+            labels,
+            features,
+            settings,
+            metadata={"trained_from": str(Path(args.train).resolve())},
+        )
+        counts = pd.Series(labels).value_counts().sort_index()
+        print(
+            f"Trained a {args.kind} classifier on {len(labels)} cells, {len(features)} features: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+        )
+        print(f"Saved {path}")
+        acc = "nan" if quality is None else f"{quality['accuracy']:.4f}"
+        bal = "nan" if quality is None else f"{quality['balanced_accuracy']:.4f}"
+        print(
+            f"RESULT n_cells={len(labels)} n_classes={len(counts)} n_features={len(features)} "
+            f"cv_accuracy={acc} cv_balanced_accuracy={bal}"
+        )
+        return 0
+
+    from .io.classifier_io import load_classifier
+
+    try:
+        clf = load_classifier(args.classifier)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    tables = _expand_tables(args.inputs)
+    if not tables:
+        raise CLIError("Give per-cell tables (.csv, .parquet) or folders of them to classify.")
+    out.mkdir(parents=True, exist_ok=True)
+    channel_map = _parse_channel_map(args.channel_map or ())
+    models: dict[tuple[str, ...], Any] = {}
+    summary, failures, n_cells = [], {}, 0
+    for path in tables:
+        try:
+            table = read_table(path)
+            try:
+                mapped = clf.for_columns(table.columns, channel_map or None)
+            except ChannelMismatch as exc:
+                raise ValueError(
+                    f"the classifier uses channels {', '.join(map(repr, exc.needed))} and the table has "
+                    f"{', '.join(map(repr, exc.available)) or 'none'}; pair them with "
+                    "--channel-map CLASSIFIER_CHANNEL=TABLE_CHANNEL"
+                ) from None
+            key = tuple(mapped.feature_names)
+            if key not in models:
+                models[key] = mapped.train()
+            model = models[key]
+            if clf.is_regression:
+                from .core.classify.regression import predict_values
+
+                pred = predict_values(model, table)
+            else:
+                from .core.classify.model import predict
+
+                pred = predict(model, table)
+        except (OSError, ValueError, KeyError) as exc:
+            failures[path.name] = str(exc)
+            print(f"FAILED {path.name}: {exc}", file=sys.stderr)
+            continue
+        result = pd.concat(
+            [table.drop(columns=[c for c in pred.columns if c in table.columns]), pred], axis=1
+        )
+        target = out / f"{path.stem}_classified{path.suffix.lower()}"
+        write_table(result, target)
+        row: dict[str, Any] = {"table": path.name, "n_cells": len(result)}
+        if clf.is_regression:
+            row["mean_value"] = float(result["pheno_value"].mean()) if len(result) else float("nan")
+        else:
+            counts = result["pheno_class"].astype(str).value_counts()
+            for c in clf.classes:
+                row[f"n_{c}"] = int(counts.get(c, 0))
+                row[f"fraction_{c}"] = float(counts.get(c, 0) / len(result)) if len(result) else float("nan")
+        summary.append(row)
+        n_cells += len(result)
+        if not args.quiet:
+            print(f"{path.name}: {len(result)} cells -> {target.name}")
+    if summary:
+        write_table(pd.DataFrame(summary), out / "class_summary.csv")
+    atomic_write_text(
+        out / "classify.json",
+        json.dumps(
+            {
+                "classifier": str(Path(args.classifier).resolve()),
+                "task": clf.task,
+                "classes": clf.classes,
+                "channel_map": channel_map,
+                "tables": [str(p) for p in tables],
+                "failures": failures,
+            },
+            indent=2,
+        ),
+    )
+    print(f"RESULT n_tables={len(tables)} n_failed={len(failures)} n_cells={n_cells}")
+    return 1 if failures and not summary else 0
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .core.batch import BatchOptions, BatchRequest, iter_run_batch
     from .core.pipeline_spec import PipelineError
@@ -643,6 +817,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ba.add_argument("--quiet", action="store_true", help="no progress bar")
     ba.set_defaults(func=_cmd_batch)
+
+    cl = sub.add_parser(
+        "classify",
+        help="apply a saved classifier to per-cell tables, or train one from a table of annotated cells",
+        description="With --classifier: predict every cell of each table (CSV or Parquet, e.g. a segment or "
+        "batch cells table) and write <table>_classified.csv with pheno_class, pheno_proba_<class> and "
+        "pheno_uncertainty (pheno_value for a regressor), plus class_summary.csv. With --train: train a "
+        "classifier from a table with one class per annotated cell and save it (OUT is the file). To "
+        "classify images, put the classifier in a pipeline (napari-phenotyper pipeline --classifier) and run batch.",
+    )
+    cl.add_argument(
+        "inputs", nargs="*", help="per-cell tables, folders of them or glob patterns (with --classifier)"
+    )
+    cl.add_argument(
+        "--classifier", default=None, help="classifier or regressor file (*.phenotyper.zip) to apply"
+    )
+    cl.add_argument(
+        "--train", default=None, metavar="ANNOTATIONS", help="table of annotated cells to train on"
+    )
+    cl.add_argument("--out", required=True, help="output folder (apply) or classifier file to write (train)")
+    cl.add_argument(
+        "--channel-map",
+        nargs="*",
+        default=None,
+        metavar="OLD=NEW",
+        help="pair a classifier channel with a table channel (e.g. gfp=ch1) when their names differ",
+    )
+    cl.add_argument(
+        "--class-column", default="class", help="with --train: the column of classes (default: class)"
+    )
+    cl.add_argument(
+        "--kind",
+        default="random_forest",
+        help="with --train: random_forest, gradient_boosting, logistic_regression, svm or knn",
+    )
+    cl.add_argument(
+        "--groups", default=None, help="with --train: feature groups to use (default: every numeric column)"
+    )
+    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--quiet", action="store_true")
+    cl.set_defaults(func=_cmd_classify)
 
     ft = sub.add_parser(
         "finetune",
