@@ -50,7 +50,9 @@ def test_all_docks_open_fit_1280x800(make_napari_viewer, qtbot):
     for name in ("Segment & measure", "Phenotypes", "Batch", "Fine-tune"):
         inner = widgets[name]
         inner = getattr(inner, "native", inner)
-        assert inner.findChild(QScrollArea) is not None  # a long dock scrolls instead of growing the window
+        area = inner.findChild(QScrollArea)
+        assert area is not None  # a long dock scrolls instead of growing the window
+        assert not area.horizontalScrollBar().isVisible(), name  # never sideways (it was, by 2 px)
     for dock in docks:
         assert dock.height() <= 800
         # the widest dock leaves the canvas room

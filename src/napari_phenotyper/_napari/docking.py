@@ -43,7 +43,9 @@ def scroll_body(widget: QWidget) -> QScrollArea:
     area = _DockBody(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    # never a horizontal bar: the area's minimum width follows the body's (minimumSizeHint),
+    # so a bar could only scroll the couple of pixels a style sheet's wider vertical bar takes
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(body)
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
