@@ -362,6 +362,8 @@ def test_classify_maps_channels_of_a_classifier_trained_in_another_naming(tmp_pa
     argv = ["classify", "--classifier", str(clf), str(tmp_path / "cells.csv"), "--out", str(tmp_path / "o")]
     assert main(argv) == 1
     assert "--channel-map CLASSIFIER_CHANNEL=TABLE_CHANNEL" in capsys.readouterr().err
-    assert main([*argv, "--channel-map", "gfp=ch1", "dapi=ch2"]) == 0
+    # the option may come before the tables and repeats
+    argv = ["classify", "--classifier", str(clf), "--channel-map", "gfp=ch1", "--channel-map", "dapi=ch2"]
+    assert main([*argv, str(tmp_path / "cells.csv"), "--out", str(tmp_path / "o")]) == 0
     pred = pd.read_csv(tmp_path / "o" / "cells_classified.csv")
     assert pred["pheno_class"].tolist() == y

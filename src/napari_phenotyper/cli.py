@@ -839,10 +839,11 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--out", required=True, help="output folder (apply) or classifier file to write (train)")
     cl.add_argument(
         "--channel-map",
-        nargs="*",
+        action="append",
         default=None,
         metavar="OLD=NEW",
-        help="pair a classifier channel with a table channel (e.g. gfp=ch1) when their names differ",
+        help="pair a classifier channel with a table channel (e.g. gfp=ch1) when their names differ; "
+        "repeat for each channel",
     )
     cl.add_argument(
         "--class-column", default="class", help="with --train: the column of classes (default: class)"
