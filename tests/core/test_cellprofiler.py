@@ -282,3 +282,27 @@ def test_pipeline_and_classifier_use_the_cellprofiler_set(shared_data):
     assert _group_of("Intensity_MeanIntensity_dna") == "intensity"
     assert _group_of("Neighbors_PercentTouching_Adjacent") == "neighbors"
     assert _group_of("AreaShape_Zernike_2_0") == "shape"
+
+
+def test_per_cell_loops_report_progress_on_many_cells(monkeypatch):
+    """The distance transforms and enclosing circles go cell by cell: they report progress
+    (and so can be cancelled) every few thousand cells, in both sets."""
+    from napari_phenotyper.core import geometry
+    from napari_phenotyper.core.features import iter_features
+
+    monkeypatch.setattr(geometry, "EVERY", 10)
+    lab = np.zeros((60, 60), np.int32)
+    for k in range(36):
+        r, c = divmod(k, 6)
+        lab[r * 10 + 2 : r * 10 + 8, c * 10 + 2 : c * 10 + 8] = k + 1
+    for gen in (
+        iter_cellprofiler_features(lab, groups=("shape", "zernike")),
+        iter_features(lab, groups=("zernike",)),
+    ):
+        messages = []
+        try:
+            while True:
+                messages.append(next(gen).message)
+        except StopIteration as stop:
+            assert len(stop.value) == 36
+        assert any("30/36 objects" in m for m in messages), messages

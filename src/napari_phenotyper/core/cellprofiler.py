@@ -224,8 +224,13 @@ def _scaled(raw: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- shape
-def _radii(labels: np.ndarray, runs: _Runs, bbox: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """Maximum, mean and median distance of a label's pixels to the nearest pixel outside it."""
+def _radii(
+    labels: np.ndarray, runs: _Runs, bbox: tuple[np.ndarray, ...]
+) -> Generator[int, None, tuple[np.ndarray, ...]]:
+    """Maximum, mean and median distance of a label's pixels to the nearest pixel outside it.
+
+    Yields the number of labels done every ``geometry.EVERY`` (a distance transform per label).
+    """
     from scipy.ndimage import distance_transform_edt
 
     min_y, min_x, max_y, max_x = bbox
@@ -235,6 +240,8 @@ def _radii(labels: np.ndarray, runs: _Runs, bbox: tuple[np.ndarray, ...]) -> tup
     for k, (y0, x0, y1, x1, lab) in enumerate(
         zip(min_y.tolist(), min_x.tolist(), max_y.tolist(), max_x.tolist(), runs.ids.tolist(), strict=True)
     ):
+        if k and k % geometry.EVERY == 0:
+            yield k
         mask = np.zeros((y1 - y0 + 2, x1 - x0 + 2), dtype=bool)
         mask[1:-1, 1:-1] = labels[y0:y1, x0:x1] == lab
         inside = distance_transform_edt(mask)[mask]
@@ -244,13 +251,15 @@ def _radii(labels: np.ndarray, runs: _Runs, bbox: tuple[np.ndarray, ...]) -> tup
     return mx, mean, med
 
 
-def _areashape(labels: np.ndarray, runs: _Runs, scan: _Scan, cen: _Centroids, hulls) -> dict[str, np.ndarray]:
+def _areashape(
+    labels: np.ndarray, runs: _Runs, scan: _Scan, cen: _Centroids, hulls
+) -> Generator[int, None, dict[str, np.ndarray]]:
     base = _shape_features(runs, scan, cen, (1.0, 1.0))
     area = base["area"]
     perimeter = base["perimeter"]
     min_f, max_f = geometry.feret_diameters(hulls)
     bbox = (base["bbox_min_y"], base["bbox_min_x"], base["bbox_max_y"], base["bbox_max_x"])
-    r_max, r_mean, r_med = _radii(labels, runs, bbox)
+    r_max, r_mean, r_med = yield from _radii(labels, runs, bbox)
     with np.errstate(invalid="ignore", divide="ignore"):
         form = 4.0 * np.pi * area / perimeter**2
     return {
@@ -282,8 +291,8 @@ def _areashape(labels: np.ndarray, runs: _Runs, scan: _Scan, cen: _Centroids, hu
     }
 
 
-def _zernike(runs: _Runs, hulls) -> dict[str, np.ndarray]:
-    centres, radii = geometry.minimum_enclosing_circles(hulls)
+def _zernike(runs: _Runs, hulls) -> Generator[int, None, dict[str, np.ndarray]]:
+    centres, radii = yield from geometry.iter_minimum_enclosing_circles(hulls)
     indexes, scores = geometry.zernike_scores(
         runs.run_rank, runs.row, runs.c0, runs.length, runs.first_run, centres, radii, hull=hulls
     )
@@ -946,13 +955,28 @@ def iter_cellprofiler_features(
     hulls = None
     if "shape" in groups or "zernike" in groups:
         hulls = geometry.hulls_of_runs(runs.run_rank, runs.row, runs.c0, runs.c1, runs.n)
+
+    def per_label(gen: Generator[int, None, dict[str, np.ndarray]], title: str):
+        """Run a per-label loop, turning its counts into progress (and a chance to cancel)."""
+        yield Progress(step * _SUB, n_steps * _SUB, title)
+        while True:
+            try:
+                done = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield Progress(
+                step * _SUB + done * _SUB // max(runs.n, 1),
+                n_steps * _SUB,
+                f"{title}: {done}/{runs.n} objects",
+            )
+
     if "shape" in groups:
-        yield Progress(step * _SUB, n_steps * _SUB, "AreaShape")
-        data |= {f"AreaShape_{k}": v for k, v in _areashape(labels, runs, scan, cen, hulls).items()}
+        shape = yield from per_label(_areashape(labels, runs, scan, cen, hulls), "AreaShape")
+        data |= {f"AreaShape_{k}": v for k, v in shape.items()}
         step += 1
     if "zernike" in groups:
-        yield Progress(step * _SUB, n_steps * _SUB, "AreaShape: Zernike")
-        data |= {f"AreaShape_{k}": v for k, v in _zernike(runs, hulls).items()}
+        zern = yield from per_label(_zernike(runs, hulls), "AreaShape: Zernike")
+        data |= {f"AreaShape_{k}": v for k, v in zern.items()}
         step += 1
     chunks = runs.chunks(_CHUNK_PIXELS * 4)
     if do_int:

@@ -990,12 +990,15 @@ def _texture_chunk(
 
 
 # ---------------------------------------------------------------------------- zernike
-def _zernike_features(runs: _Runs) -> dict[str, np.ndarray]:
-    """Zernike moments of every label's mask in its minimum enclosing circle (all pixels)."""
+def _zernike_features(runs: _Runs) -> Generator[int, None, dict[str, np.ndarray]]:
+    """Zernike moments of every label's mask in its minimum enclosing circle (all pixels).
+
+    Yields the number of labels whose circle is found, every ``geometry.EVERY``.
+    """
     from . import geometry
 
     hulls = geometry.hulls_of_runs(runs.run_rank, runs.row, runs.c0, runs.c1, runs.n)
-    centres, radii = geometry.minimum_enclosing_circles(hulls)
+    centres, radii = yield from geometry.iter_minimum_enclosing_circles(hulls)
     indexes, scores = geometry.zernike_scores(
         runs.run_rank, runs.row, runs.c0, runs.length, runs.first_run, centres, radii
     )
@@ -1129,7 +1132,14 @@ def iter_features(
         step += _STAGE
     if do_zernike:
         yield Progress(step, total, "Zernike moments")
-        data.update(_zernike_features(runs))
+        gen = _zernike_features(runs)
+        while True:
+            try:
+                done = next(gen)
+            except StopIteration as stop:
+                data.update(stop.value)
+                break
+            yield Progress(step + done * _STAGE // runs.n, total, f"Zernike moments: {done}/{runs.n} objects")
         step += _STAGE
     channel_arrays = {name: np.ascontiguousarray(img) for name, img in channels.items()}
 

@@ -14,6 +14,7 @@ circle with the polynomials of Boland et al. (1998), and the score of ``(n, m)``
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from math import comb, factorial, sqrt
 
@@ -207,18 +208,34 @@ def _mec(ys: list[float], xs: list[float]) -> tuple[float, float, float]:
     return cy, cx, sqrt(r2)
 
 
-def minimum_enclosing_circles(hulls: Hulls) -> tuple[np.ndarray, np.ndarray]:
-    """Centre ``(n, 2)`` (row, column) and radius ``(n,)`` of every hull's smallest enclosing circle."""
+#: Labels between two progress reports of a per-label loop.
+EVERY = 2000
+
+
+def iter_minimum_enclosing_circles(hulls: Hulls) -> Generator[int, None, tuple[np.ndarray, np.ndarray]]:
+    """:func:`minimum_enclosing_circles`, yielding the number of labels done every :data:`EVERY`."""
     centres = np.zeros((hulls.n, 2))
     radii = np.zeros(hulls.n)
     ys, xs = hulls.y.tolist(), hulls.x.tolist()
     rng = np.random.default_rng(0)  # a shuffled order keeps Welzl's expected linear time
     for k, (s, c) in enumerate(zip(hulls.start.tolist(), hulls.count.tolist(), strict=True)):
+        if k and k % EVERY == 0:
+            yield k
         order = (s + rng.permutation(c)).tolist() if c > 3 else list(range(s, s + c))
         oy, ox, r = _mec([ys[i] for i in order], [xs[i] for i in order])
         centres[k] = oy, ox
         radii[k] = r
     return centres, radii
+
+
+def minimum_enclosing_circles(hulls: Hulls) -> tuple[np.ndarray, np.ndarray]:
+    """Centre ``(n, 2)`` (row, column) and radius ``(n,)`` of every hull's smallest enclosing circle."""
+    gen = iter_minimum_enclosing_circles(hulls)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
 
 
 def zernike_indexes(n_max: int = 9) -> list[tuple[int, int]]:
