@@ -300,9 +300,11 @@ def test_per_cell_loops_report_progress_on_many_cells(monkeypatch):
         iter_features(lab, groups=("zernike",)),
     ):
         messages = []
-        try:
-            while True:
+        table = None
+        while table is None:
+            try:
                 messages.append(next(gen).message)
-        except StopIteration as stop:
-            assert len(stop.value) == 36
+            except StopIteration as stop:
+                table = stop.value
+        assert len(table) == 36
         assert any("30/36 objects" in m for m in messages), messages
