@@ -8,7 +8,11 @@ Every column must agree to rounding except where the docs say otherwise:
   those pixels' contributions, ``(pixels on the circle) / (pi radius^2)``;
 * ``Neighbors_*ClosestObjectNumber_*``: cp_measure reports the object itself (its
   distance matrix keeps the diagonal); CellProfiler, and this package, the nearest
-  other object: checked against the centroids here.
+  other object: checked against the centroids here;
+* ``Neighbors_*_Expanded`` but ``PercentTouching``: cp_measure's *Expand until adjacent*
+  counts the original objects as neighbours and measures distances from the expanded
+  objects' centroids; CellProfiler (and this package) uses the expanded objects for both
+  sides and the objects' own centroids: checked by an independent computation here.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from skimage.io import imread
 from skimage.segmentation import relabel_sequential
 
 from napari_phenotyper.core.cellprofiler import (
+    ALL_NEIGHBOR_METHODS,
     AREASHAPE_FEATURES,
     CP_GROUPS,
     INTENSITY_FEATURES,
@@ -57,6 +62,7 @@ def _reference(labels: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
         name, scale, d, levels = k.rsplit("_", 3)
         ref[f"Texture_{name}_ch_{scale}_{d}_{levels}"] = np.asarray(v, float)
     ref |= measureobjectneighbors(labels, labels, distance_method="Adjacent")
+    ref |= measureobjectneighbors(labels, labels, distance_method="Expand until adjacent")
     ref |= measureobjectneighbors(labels, labels, distance_method="Within a specified distance", distance=5)
     return {k: np.asarray(v, float) for k, v in ref.items()}
 
@@ -75,6 +81,8 @@ def _compare(table: pd.DataFrame, ref: dict[str, np.ndarray], labels: np.ndarray
     for col in table.columns:
         if col == "label" or "ClosestObjectNumber" in col:
             continue
+        if col.endswith("_Expanded") and "PercentTouching" not in col:
+            continue  # cp_measure's Expand differs from CellProfiler's: checked in _check_expanded
         assert col in ref, f"{col} has no cp_measure counterpart"
         a = table[col].to_numpy(float)
         b = ref[col]
@@ -101,12 +109,38 @@ def _closest_numbers(labels: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, n
     return ids[order[:, 0]], ids[order[:, 1]]
 
 
+def _check_expanded(labels: np.ndarray, table: pd.DataFrame) -> None:
+    """*Expand until adjacent* as CellProfiler's MeasureObjectNeighbors does it: the objects
+    grown into the background until they meet, neighbours = other expanded objects within a
+    3x3 cross of the expanded object; the closest objects by the objects' own centroids
+    (cp_measure 0.3 takes the expanded objects' centroids and counts the original objects
+    as neighbours, which CellProfiler does not). PercentTouching is compared with cp_measure."""
+    from scipy import ndimage as ndi
+
+    iy, ix = ndi.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
+    grown = labels[iy, ix]
+    cross = ndi.generate_binary_structure(2, 1)
+    counts = []
+    for k in table["label"]:
+        near = np.unique(grown[ndi.binary_dilation(grown == k, cross)])
+        counts.append(len(set(near.tolist()) - {0, int(k)}))
+    np.testing.assert_array_equal(table["Neighbors_NumberOfNeighbors_Expanded"], counts)
+    for f in (
+        "FirstClosestObjectNumber",
+        "FirstClosestDistance",
+        "SecondClosestDistance",
+        "AngleBetweenNeighbors",
+    ):
+        np.testing.assert_array_equal(table[f"Neighbors_{f}_Expanded"], table[f"Neighbors_{f}_Adjacent"])
+
+
 def _check_image(labels: np.ndarray, image: np.ndarray) -> dict[str, float]:
     labels = relabel_sequential(labels.astype(np.int32))[0]  # cp_measure wants 1..N
-    table = compute_cellprofiler_features(labels, {"ch": image})
-    assert list(table.columns) == cellprofiler_columns(["ch"])
+    table = compute_cellprofiler_features(labels, {"ch": image}, neighbor_methods=ALL_NEIGHBOR_METHODS)
+    assert list(table.columns) == cellprofiler_columns(["ch"], neighbor_methods=ALL_NEIGHBOR_METHODS)
     pixels = image.astype(np.float64) / np.iinfo(image.dtype).max
     worst = _compare(table, _reference(labels, pixels), labels)
+    _check_expanded(labels, table)
     first, second = _closest_numbers(labels, table["label"].to_numpy())
     for suffix in ("Adjacent", "5"):
         np.testing.assert_array_equal(table[f"Neighbors_FirstClosestObjectNumber_{suffix}"], first)
@@ -124,7 +158,8 @@ def _coelho(shared_data, name="gnf/dna-0"):
 def test_matches_cp_measure_on_coelho_nuclei(shared_data):
     labels, image = _coelho(shared_data)
     worst = _check_image(labels, image)
-    assert len(worst) == len(cellprofiler_columns(["ch"])) - 5  # all but label and the 4 object numbers
+    # all but label, the 6 object numbers and 4 more Expanded columns (checked apart)
+    assert len(worst) == len(cellprofiler_columns(["ch"], neighbor_methods=ALL_NEIGHBOR_METHODS)) - 11
 
 
 def test_matches_cp_measure_on_touching_nuclei_in_uint16(shared_data):
@@ -226,6 +261,12 @@ def test_bad_input_is_refused_with_a_message():
         compute_cellprofiler_features(lab, np.ones((8, 8)), texture_levels=300)
     with pytest.raises(ValueError, match="shape"):
         compute_cellprofiler_features(lab, np.ones((9, 8)))
+    with pytest.raises(ValueError, match="neighbour method"):
+        compute_cellprofiler_features(lab, neighbor_methods=("voronoi",))
+    # the default methods: adjacent and within 5 px (Expand until adjacent when asked for)
+    cols = cellprofiler_columns([], ("neighbors",))
+    assert "Neighbors_NumberOfNeighbors_Adjacent" in cols and "Neighbors_NumberOfNeighbors_5" in cols
+    assert not any(c.endswith("_Expanded") for c in cols)
 
 
 def test_progress_is_reported_and_groups_give_their_columns_only():

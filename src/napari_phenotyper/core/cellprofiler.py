@@ -2,11 +2,12 @@
 
 Reproduces the definitions and column names of CellProfiler 4's
 MeasureObjectSizeShape (with Zernike features), MeasureObjectIntensity, MeasureTexture
-and MeasureObjectNeighbors (the *Adjacent* and *Within a given distance* methods) on a
+and MeasureObjectNeighbors (the *Adjacent*, *Expand until adjacent* and *Within a given distance*
+methods) on a
 2D label image, so that a table made here can sit beside years of CellProfiler output:
 ``AreaShape_*``, ``Intensity_<feature>_<channel>``, ``Location_<feature>_<channel>``,
 ``Texture_<feature>_<channel>_<scale>_<direction>_<levels>`` and
-``Neighbors_<feature>_<Adjacent|distance>``.
+``Neighbors_<feature>_<Adjacent|Expanded|distance>``.
 
 As in CellProfiler, integer images are first divided by their type's maximum (255
 for uint8, 65535 for uint16), so intensities are in [0, 1]; non-finite pixels are
@@ -40,7 +41,9 @@ from .features import (
 from .progress import Progress, run
 
 __all__ = [
+    "ALL_NEIGHBOR_METHODS",
     "CP_GROUPS",
+    "NEIGHBOR_METHODS",
     "cellprofiler_columns",
     "compute_cellprofiler_features",
     "iter_cellprofiler_features",
@@ -131,6 +134,12 @@ NEIGHBOR_FEATURES = (
 #: Pixels per chunk of labels for texture (fewer, larger chunks: its per-chunk work is
 #: a fixed number of numpy calls per direction).
 _TEXTURE_CHUNK_PIXELS = 1 << 18
+#: MeasureObjectNeighbors' methods: *Adjacent*, *Expand until adjacent* (CellProfiler's
+#: default; a distance transform of the whole image, so not measured unless asked
+#: for) and *Within a given distance*.
+ALL_NEIGHBOR_METHODS = ("adjacent", "expanded", "within")
+#: The methods measured by default.
+NEIGHBOR_METHODS = ("adjacent", "within")
 # (dy, dx) of MeasureTexture's directions 00 .. 03 (mahotas' 2D order)
 _DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1))
 #: Progress steps per stage (chunked stages advance within their share).
@@ -163,6 +172,16 @@ def _normalise_groups(groups: Iterable[str] | str) -> tuple[str, ...]:
     return tuple(g for g in CP_GROUPS if g in groups)
 
 
+def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    wrong = [m for m in methods if m not in ALL_NEIGHBOR_METHODS]
+    if wrong:
+        raise ValueError(
+            f"Unknown neighbour method(s) {wrong}; choose among {', '.join(ALL_NEIGHBOR_METHODS)}."
+        )
+    return tuple(m for m in ALL_NEIGHBOR_METHODS if m in methods)
+
+
 def _check_params(texture_scale, texture_levels, neighbor_distance) -> tuple[int, int, int]:
     if not isinstance(texture_scale, (int, np.integer)) or texture_scale < 1:
         raise ValueError(f"texture_scale must be a positive number of pixels, got {texture_scale!r}.")
@@ -182,13 +201,15 @@ def cellprofiler_columns(
     texture_scale: int = 3,
     texture_levels: int = 256,
     neighbor_distance: int = 5,
+    neighbor_methods: Sequence[str] = NEIGHBOR_METHODS,
 ) -> list[str]:
     """Column names of a CellProfiler-compatible table, in order.
 
     ``label``, then ``AreaShape_*`` (shape), ``AreaShape_Zernike_<n>_<m>`` (zernike),
     per channel the ``Intensity_*`` and ``Location_*`` columns (intensity) and the
-    ``Texture_*`` columns (texture), then ``Neighbors_*_Adjacent`` and
-    ``Neighbors_*_<distance>`` (neighbors).
+    ``Texture_*`` columns (texture), then ``Neighbors_*_Adjacent``,
+    ``Neighbors_*_Expanded`` and ``Neighbors_*_<distance>`` for the
+    ``neighbor_methods`` asked for (neighbors).
     """
     groups = _normalise_groups(groups)
     channels = [str(c) for c in (channel_names or ())]
@@ -209,8 +230,11 @@ def cellprofiler_columns(
                 for f in TEXTURE_FEATURES
             ]
     if "neighbors" in groups:
-        cols += [f"Neighbors_{f}_Adjacent" for f in NEIGHBOR_FEATURES]
-        cols += [f"Neighbors_{f}_{neighbor_distance}" for f in NEIGHBOR_FEATURES]
+        for method in _check_methods(neighbor_methods):
+            suffix = {"adjacent": "Adjacent", "expanded": "Expanded", "within": str(neighbor_distance)}[
+                method
+            ]
+            cols += [f"Neighbors_{f}_{suffix}" for f in NEIGHBOR_FEATURES]
     return cols
 
 
@@ -774,7 +798,9 @@ def _near_other_labels(rr: np.ndarray, cc: np.ndarray, rank: np.ndarray, n: int,
     return np.flatnonzero(np.isin(cid, crowded))
 
 
-def _neighbors(labels: np.ndarray, runs: _Runs, cen: _Centroids, distance: int) -> dict[str, np.ndarray]:
+def _neighbors(
+    labels: np.ndarray, runs: _Runs, cen: _Centroids, distance: int, methods: Sequence[str] = NEIGHBOR_METHODS
+) -> dict[str, np.ndarray]:
     from scipy.spatial import cKDTree
 
     n = runs.n
@@ -801,38 +827,58 @@ def _neighbors(labels: np.ndarray, runs: _Runs, cen: _Centroids, distance: int) 
             with np.errstate(invalid="ignore", divide="ignore"):
                 cos = (v1 * v2).sum(axis=1) / np.sqrt((v1**2).sum(axis=1) * (v2**2).sum(axis=1))
             angle = np.degrees(np.arccos(cos))
-    rr, cc, ll = _outline_points(labels)
-    rank = runs.rank_of(ll)
-    perimeter = np.bincount(rank, minlength=n).astype(np.float64)
-    h, w = labels.shape
-    padded = np.zeros((h + 2, w + 2), dtype=labels.dtype)
-    padded[1:-1, 1:-1] = labels
-    for suffix, radius in (("Adjacent", 1), (str(distance), distance)):
+
+    def outline_of(image: np.ndarray) -> tuple[np.ndarray, ...]:
+        rr, cc, ll = _outline_points(image)
+        rank = runs.rank_of(ll)
+        h, w = image.shape
+        padded = np.zeros((h + 2, w + 2), dtype=image.dtype)
+        padded[1:-1, 1:-1] = image
+        return rr, cc, ll, rank, padded, np.bincount(rank, minlength=n).astype(np.float64)
+
+    def adjacent(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Neighbour counts, touching outline pixels and outline sizes of ``image``'s labels."""
+        rr, cc, ll, rank, padded, perimeter = outline_of(image)
+        # neighbours: another label 4-adjacent to the object; both pixels of such a
+        # pair are outline pixels, so looking right and down from those suffices
+        pa, pb = [], []
+        for dy, dx in ((0, 1), (1, 0)):
+            other = padded[rr + 1 + dy, cc + 1 + dx]
+            m = (other != 0) & (other != ll)
+            pa.append(rank[m])
+            pb.append(runs.rank_of(other[m]))
+        ra = np.concatenate(pa).astype(np.int64)
+        rb = np.concatenate(pb).astype(np.int64)
+        keys = np.unique(np.concatenate([ra * n + rb, rb * n + ra]))
+        count = np.bincount(keys // n, minlength=n).astype(np.float64)
+        # touching: outline pixels with another label among their 8 neighbours
+        hit = np.zeros(rr.size, dtype=bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy or dx:
+                    other = padded[rr + 1 + dy, cc + 1 + dx]
+                    hit |= (other != 0) & (other != ll)
+        return count, np.bincount(rank, hit.astype(np.float64), minlength=n), perimeter
+
+    chosen = {"adjacent": ("Adjacent", 1), "expanded": ("Expanded", 1), "within": (str(distance), distance)}
+    for suffix, radius in (chosen[m] for m in _check_methods(methods)):
         if n <= 1:
             count = np.zeros(n)
             touching = np.zeros(n)
+            perimeter = np.ones(n)
         elif suffix == "Adjacent":
-            # neighbours: another label 4-adjacent to the object; both pixels of such a
-            # pair are outline pixels, so looking right and down from those suffices
-            pa, pb = [], []
-            for dy, dx in ((0, 1), (1, 0)):
-                other = padded[rr + 1 + dy, cc + 1 + dx]
-                m = (other != 0) & (other != ll)
-                pa.append(rank[m])
-                pb.append(runs.rank_of(other[m]))
-            ra = np.concatenate(pa).astype(np.int64)
-            rb = np.concatenate(pb).astype(np.int64)
-            keys = np.unique(np.concatenate([ra * n + rb, rb * n + ra]))
-            count = np.bincount(keys // n, minlength=n).astype(np.float64)
-            # touching: outline pixels with another label among their 8 neighbours
-            hit = np.zeros(rr.size, dtype=bool)
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    if dy or dx:
-                        other = padded[rr + 1 + dy, cc + 1 + dx]
-                        hit |= (other != 0) & (other != ll)
-            touching = np.bincount(rank, hit.astype(np.float64), minlength=n)
+            count, touching, perimeter = adjacent(labels)
+        elif suffix == "Expanded":
+            # "Expand until adjacent": every background pixel takes the label of the
+            # nearest object pixel; neighbours and touching are then the expanded
+            # objects' adjacency (CellProfiler compares the expanded labels with
+            # themselves). The closest objects stay measured on the objects' own centroids.
+            from scipy.ndimage import distance_transform_edt
+
+            iy, ix = distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
+            count, touching, perimeter = adjacent(labels[iy, ix])
         else:
+            rr, cc, ll, rank, _padded, perimeter = outline_of(labels)
             # pixels of two labels at most `distance` apart are outline pixels of both;
             # only outline pixels in grid cells with another label nearby can be
             reach = radius + 0.5
@@ -875,6 +921,7 @@ def iter_cellprofiler_features(
     texture_scale: int = 3,
     texture_levels: int = 256,
     neighbor_distance: int = 5,
+    neighbor_methods: Sequence[str] = NEIGHBOR_METHODS,
     positions: bool = False,
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Measure every labelled object as CellProfiler 4 does, yielding progress.
@@ -895,8 +942,12 @@ def iter_cellprofiler_features(
     texture_levels : int, optional
         Its number of grey levels, 2 to 256 (default 256, CellProfiler 3 and 4's).
     neighbor_distance : int, optional
-        The distance of the *Within a given distance* neighbour method (default 5);
-        the *Adjacent* method is always measured too.
+        The distance of the *Within a given distance* neighbour method (default 5).
+    neighbor_methods : sequence of str, optional
+        Among :data:`ALL_NEIGHBOR_METHODS`: ``"adjacent"``, ``"expanded"`` (*Expand
+        until adjacent*, CellProfiler's default: the objects grown into the background
+        until they meet, by a distance transform of the whole image) and ``"within"``
+        (default: adjacent and within).
     positions : bool, optional
         Also give this package's position columns after ``label``
         (``centroid_y``, ``centroid_x``, ``bbox_min_y`` ... ``bbox_max_x``, the maxima
@@ -923,8 +974,14 @@ def iter_cellprofiler_features(
     channels = _check_channels(intensities, labels.shape)
     groups = _normalise_groups(groups)
     scale, levels, distance = _check_params(texture_scale, texture_levels, neighbor_distance)
+    methods = _check_methods(neighbor_methods)
     columns = cellprofiler_columns(
-        list(channels), groups, texture_scale=scale, texture_levels=levels, neighbor_distance=distance
+        list(channels),
+        groups,
+        texture_scale=scale,
+        texture_levels=levels,
+        neighbor_distance=distance,
+        neighbor_methods=methods,
     )
     if positions:
         columns[1:1] = list(POSITION_COLUMNS)
@@ -1013,7 +1070,7 @@ def iter_cellprofiler_features(
             step += 1
     if "neighbors" in groups:
         yield Progress(step * _SUB, n_steps * _SUB, "Neighbors")
-        data |= {f"Neighbors_{k}": v for k, v in _neighbors(labels, runs, cen, distance).items()}
+        data |= {f"Neighbors_{k}": v for k, v in _neighbors(labels, runs, cen, distance, methods).items()}
         step += 1
     yield Progress(n_steps * _SUB, n_steps * _SUB, f"Measured {runs.n} objects")
     return pd.DataFrame({c: np.asarray(data[c], dtype=_dtype(c)) for c in columns})
