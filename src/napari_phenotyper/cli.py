@@ -33,17 +33,19 @@ class CLIError(Exception):
     """A user error: printed without a traceback, exit status 2."""
 
 
-def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths."""
+def _expand_inputs(
+    inputs: Sequence[str], suffixes: Sequence[str] = IMAGE_SUFFIXES, what: str = "images"
+) -> list[Path]:
+    """Files, folders (their files with ``suffixes``, sorted) and glob patterns -> paths."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".")
+                q for q in p.iterdir() if q.suffix.lower() in suffixes and not q.name.startswith(".")
             )
             if not found:
-                raise CLIError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}.")
+                raise CLIError(f"No {what} ({', '.join(suffixes)}) in folder {p}.")
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
@@ -465,28 +467,6 @@ class _BatchBar:
 TABLE_SUFFIXES = (".csv", ".parquet")
 
 
-def _expand_tables(inputs: Sequence[str]) -> list[Path]:
-    """Per-cell table files, folders (their .csv/.parquet files, sorted) and glob patterns."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(
-                q for q in p.iterdir() if q.suffix.lower() in TABLE_SUFFIXES and not q.name.startswith(".")
-            )
-            if not found:
-                raise CLIError(f"No per-cell tables (.csv, .parquet) in folder {p}.")
-            paths.extend(found)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item) if Path(m).is_file())
-            if not matches:
-                raise CLIError(f"No such file, folder or pattern: {item}")
-            paths.extend(matches)
-    return paths
-
-
 def _parse_channel_map(pairs: Sequence[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -565,7 +545,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         clf = load_classifier(args.classifier)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    tables = _expand_tables(args.inputs)
+    tables = _expand_inputs(args.inputs, TABLE_SUFFIXES, "per-cell tables")
     if not tables:
         raise CLIError("Give per-cell tables (.csv, .parquet) or folders of them to classify.")
     out.mkdir(parents=True, exist_ok=True)

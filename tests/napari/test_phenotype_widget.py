@@ -30,14 +30,15 @@ def _center(labels, lab):
     return float(yy.mean()), float(xx.mean())
 
 
-def _open(make_napari_viewer, qtbot, tmp_path, crop=0):
-    """The grid measured in a viewer with the Phenotypes dock and two classes; ``crop``
-    cuts that many pixels off the top and left (the outer cells then touch the border)."""
+def _open(make_napari_viewer, qtbot, tmp_path, crop=0, measure=compute_features):
+    """The grid measured (by ``measure``) in a viewer with the Phenotypes dock and two
+    classes; ``crop`` cuts that many pixels off the top and left (the outer cells then
+    touch the border)."""
     viewer = make_napari_viewer()
     image, labels, kinds = _cells()
     image, labels = image[crop:, crop:], labels[crop:, crop:]
     img_layer = viewer.add_image(image, name="cells")
-    feats = compute_features(labels, {"image": image})
+    feats = measure(labels, {"image": image})
     lab_layer = upsert_labels(viewer, img_layer, labels, feats, {"backend": "test"})
     widget = PhenotypeWidget(viewer, session_path=tmp_path / "session.json")
     viewer.window.add_dock_widget(widget)
@@ -680,18 +681,13 @@ def test_x_excludes_a_proposed_cell_and_proposals_skip_border_cells(cropped, qtb
 def test_the_loop_runs_on_a_cellprofiler_table(make_napari_viewer, qtbot, tmp_path):
     """Cells measured with the CellProfiler set: keys annotate, the retrain predicts every
     cell from CellProfiler's columns, never from positions or neighbour object numbers."""
+    from functools import partial
+
     from napari_phenotyper.core.cellprofiler import compute_cellprofiler_features
 
-    viewer = make_napari_viewer()
-    image, labels, kinds = _cells()
-    img_layer = viewer.add_image(image, name="cells")
-    feats = compute_cellprofiler_features(labels, {"image": image}, positions=True)
-    lab_layer = upsert_labels(viewer, img_layer, labels, feats, {"backend": "test"})
-    widget = PhenotypeWidget(viewer, session_path=tmp_path / "session.json")
-    viewer.window.add_dock_widget(widget)
-    widget.add_class("small")
-    widget.add_class("big")
-    viewer.layers.selection.active = lab_layer
+    measure = partial(compute_cellprofiler_features, positions=True)
+    opened = _open(make_napari_viewer, qtbot, tmp_path, measure=measure)
+    viewer, lab_layer, widget, kinds, _ = next(opened)
     try:
         for lab in (1, 2, 3, 4, 10, 11):
             _point_at(viewer, lab_layer, lab)
@@ -708,5 +704,4 @@ def test_the_loop_runs_on_a_cellprofiler_table(make_napari_viewer, qtbot, tmp_pa
         )
         assert "centroid_y" not in used
     finally:
-        widget.close_session()
-        qtbot.waitUntil(lambda: widget._worker is None and widget._quality_worker is None, timeout=30000)
+        next(opened, None)  # closes the session

@@ -33,10 +33,12 @@ from .features import (
     _check_channels,
     _check_labels,
     _Chunk,
+    _LabelHistogram,
     _order_statistics,
     _Runs,
     _Scan,
     _shape_features,
+    _weighted_coordinate_sums,
 )
 from .progress import Progress, run
 
@@ -240,11 +242,9 @@ def cellprofiler_columns(
 
 def _scaled(raw: np.ndarray) -> np.ndarray:
     """Pixel values as CellProfiler loads them: integers over their type's maximum."""
-    if raw.dtype.kind == "b":
-        return raw.astype(np.float64)
     if raw.dtype.kind in "iu":
         return raw.astype(np.float64) / float(np.iinfo(raw.dtype).max)
-    return raw.astype(np.float64)
+    return raw.astype(np.float64)  # bool (0 or 1) and float as they are
 
 
 # ----------------------------------------------------------------------------- shape
@@ -400,45 +400,27 @@ def _intensity_chunk_int(
     vmin = int(raw.min())
     span = int(raw.max()) - vmin + 1
     n = chunk.n
-    if n * 2 * span > _MAX_HIST_BINS:
+    if chunk.n * 2 * span > _MAX_HIST_BINS:
         return None
     v_int = raw.astype(np.int32)
-    base = chunk.spread(np.arange(n, dtype=np.int32) * np.int32(2 * span))  # room for 2 |v - median|
-    hist = np.bincount(v_int - np.int32(vmin) + base, minlength=n * 2 * span)
-    values = np.arange(2 * span, dtype=np.int64) + vmin
-    h2 = hist.reshape(n, 2 * span)
+    h = _LabelHistogram(chunk, v_int, vmin, span)
     cnt = chunk.counts
-    s1 = h2 @ values
-    s2 = h2 @ (values * values)
+    s1 = h.s1
     total = s1 / scale
     mean = s1 / cnt / scale
-    numer = cnt.astype(object) * s2.astype(object) - s1.astype(object) ** 2  # exact
-    std = np.sqrt(numer.astype(np.float64)) / cnt / scale
-    cum = np.cumsum(hist)
-    first_key = np.arange(n) * (2 * span) - vmin
-
-    def get(k: np.ndarray) -> np.ndarray:
-        return (np.searchsorted(cum, chunk.starts + k, side="right") - first_key).astype(np.float64)
-
-    q1 = _cp_quantile(get, cnt, 0.25)
-    med = _cp_quantile(get, cnt, 0.5)
-    q3 = _cp_quantile(get, cnt, 0.75)
+    std = h.std / scale
+    q1 = _cp_quantile(h.get, cnt, 0.25)
+    med = _cp_quantile(h.get, cnt, 0.5)
+    q3 = _cp_quantile(h.get, cnt, 0.75)
     med2 = np.rint(2 * med).astype(np.int64)  # 2 x median is an integer
     dev2 = np.abs(2 * v_int.astype(np.int64) - chunk.spread(med2)).astype(np.int32)
-    dhist = np.bincount(dev2 + base, minlength=n * 2 * span)
-    dcum = np.cumsum(dhist)
-    dfirst = np.arange(n) * (2 * span)
-    mad = _cp_quantile(
-        lambda k: (np.searchsorted(dcum, chunk.starts + k, side="right") - dfirst).astype(np.float64),
-        cnt,
-        0.5,
-    )
-    vmax_raw = get(cnt - 1)
+    mad = _cp_quantile(_LabelHistogram(chunk, dev2, 0, 2 * span).get, cnt, 0.5)
+    vmax_raw = h.get(cnt - 1)
     out: dict[str, np.ndarray] = {
         "IntegratedIntensity": total,
         "MeanIntensity": mean,
         "StdIntensity": std,
-        "MinIntensity": get(np.zeros_like(cnt)) / scale,
+        "MinIntensity": h.get(np.zeros_like(cnt)) / scale,
         "MaxIntensity": vmax_raw / scale,
     }
     v = v_int / scale
@@ -454,14 +436,8 @@ def _intensity_chunk_int(
         "UpperQuartileIntensity": q3 / scale,
         "MADIntensity": mad / 2.0 / scale,
     }
-    # centres of mass from sums over the runs: sum v col = sum_runs [c0 S_run + sum_t t v_t]
-    offsets = np.cumsum(chunk.lengths) - chunk.lengths
-    run_sum = np.add.reduceat(v_int, offsets, dtype=np.int64)
-    idx_sum = np.add.reduceat(v_int * np.arange(v_int.size), offsets) - offsets * run_sum
-    ra, rb = chunk.ra, chunk.rb
-    first = runs.first_run[chunk.k0 : chunk.k1] - ra
-    row_w = np.add.reduceat(runs.row[ra:rb].astype(np.int64) * run_sum, first)
-    col_w = np.add.reduceat(runs.c0[ra:rb].astype(np.int64) * run_sum + idx_sum, first)
+    # centres of mass from sums over the runs
+    row_w, col_w = _weighted_coordinate_sums(chunk, v_int, runs)
     with np.errstate(invalid="ignore", divide="ignore"):
         wy = np.where(s1 != 0, row_w / s1, np.nan)
         wx = np.where(s1 != 0, col_w / s1, np.nan)

@@ -716,64 +716,87 @@ def _order_statistics(chunk: _Chunk, raw: np.ndarray, values: np.ndarray):
     return from_sorted
 
 
+class _LabelHistogram:
+    """Per-label histograms of a chunk's small-integer values ``vmin .. vmin + width - 1``.
+
+    Exact sums ``s1`` and sums of squares ``s2`` (int64), the standard deviation from
+    ``n S2 - S1^2`` in Python integers (no cancellation, whatever the mean), and the
+    k-th smallest value of every label (:meth:`get`).
+    """
+
+    def __init__(self, chunk: _Chunk, v_int: np.ndarray, vmin: int, width: int):
+        n = chunk.n
+        key = v_int - np.int32(vmin)  # int32: small temporaries, page faults cost more than arithmetic
+        key += chunk.spread(np.arange(n, dtype=np.int32) * np.int32(width))
+        hist = np.bincount(key, minlength=n * width)
+        values = np.arange(width, dtype=np.int64) + vmin
+        h2 = hist.reshape(n, width)
+        self.s1 = h2 @ values  # exact: at most 2^19 pixels of at most 2^16
+        self.s2 = h2 @ (values * values)
+        cnt = chunk.counts
+        numer = cnt.astype(object) * self.s2.astype(object) - self.s1.astype(object) ** 2
+        self.std = np.sqrt(numer.astype(np.float64)) / cnt
+        self._cum = np.cumsum(hist)
+        self._first_key = np.arange(n) * width - vmin
+        self._starts = chunk.starts
+
+    def get(self, k: np.ndarray) -> np.ndarray:
+        """The ``k[i]``-th smallest value of label ``i`` (as float)."""
+        return (np.searchsorted(self._cum, self._starts + k, side="right") - self._first_key).astype(
+            np.float64
+        )
+
+
+def _weighted_coordinate_sums(chunk: _Chunk, v_int: np.ndarray, runs: _Runs) -> tuple[np.ndarray, np.ndarray]:
+    """``sum v row`` and ``sum v col`` of every label (exact int64), from sums over its runs.
+
+    ``sum v col = sum_runs [c0 S_run + sum_t t v_t]``: no per-pixel coordinates needed.
+    """
+    offsets = np.cumsum(chunk.lengths) - chunk.lengths
+    run_sum = np.add.reduceat(v_int, offsets, dtype=np.int64)
+    idx_sum = np.add.reduceat(v_int * np.arange(v_int.size), offsets) - offsets * run_sum
+    ra, rb = chunk.ra, chunk.rb
+    first = runs.first_run[chunk.k0 : chunk.k1] - ra
+    row_w = np.add.reduceat(runs.row[ra:rb].astype(np.int64) * run_sum, first)
+    col_w = np.add.reduceat(runs.c0[ra:rb].astype(np.int64) * run_sum + idx_sum, first)
+    return row_w, col_w
+
+
 def _intensity_chunk_hist(
     chunk: _Chunk, raw: np.ndarray, cen: _Centroids, spacing: tuple[float, float], runs: _Runs
 ) -> dict[str, np.ndarray] | None:
     """Intensity features of a small-integer image from per-label histograms, or None.
 
-    Sums, sums of squares (variance in exact integer arithmetic) and order statistics
-    all come from one ``(label, value)`` histogram; the intensity-weighted centroid
-    from per-run sums. None when the histogram would be too large.
+    Sums, the variance and order statistics come from one ``(label, value)``
+    histogram (:class:`_LabelHistogram`); the intensity-weighted centroid from per-run
+    sums. None when the histogram would be too large.
     """
     vmin = int(raw.min())
     span = int(raw.max()) - vmin + 1
-    n = chunk.n
-    if n * span > _MAX_HIST_BINS:
+    if chunk.n * span > _MAX_HIST_BINS:
         return None
-    v_int = raw.astype(np.int32)  # small temporaries: page faults cost more than arithmetic
-    key = v_int - np.int32(vmin)
-    key += chunk.spread(np.arange(n, dtype=np.int32) * np.int32(span))
-    hist = np.bincount(key, minlength=n * span)
-    values = np.arange(vmin, vmin + span, dtype=np.int64)
-    h2 = hist.reshape(n, span)
-    s1 = h2 @ values  # exact: at most 2^15 pixels of at most 2^16
-    s2 = h2 @ (values * values)
+    v_int = raw.astype(np.int32)
+    h = _LabelHistogram(chunk, v_int, vmin, span)
     cnt = chunk.counts
-    total = s1.astype(np.float64)
-    mean = total / cnt
-    # n S2 - S1^2 in Python integers: no cancellation, whatever the mean
-    numer = cnt.astype(object) * s2.astype(object) - s1.astype(object) ** 2
-    std = np.sqrt(numer.astype(np.float64)) / cnt
-    cum = np.cumsum(hist)
-    first_key = np.arange(n) * span - vmin
-
-    def get(k: np.ndarray) -> np.ndarray:
-        return (np.searchsorted(cum, chunk.starts + k, side="right") - first_key).astype(np.float64)
-
+    total = h.s1.astype(np.float64)
     out = {
-        "mean_intensity": mean,
-        "std_intensity": std,
-        "min_intensity": get(np.zeros_like(cnt)),
-        "max_intensity": get(cnt - 1),
+        "mean_intensity": total / cnt,
+        "std_intensity": h.std,
+        "min_intensity": h.get(np.zeros_like(cnt)),
+        "max_intensity": h.get(cnt - 1),
     }
     for name, q in (("median", 0.5), ("q25", 0.25), ("q75", 0.75)):
         pos = q * (cnt - 1)
         lo = np.floor(pos).astype(np.intp)
         hi = np.minimum(lo + 1, cnt - 1)
-        out[f"{name}_intensity"] = _lerp(get(lo), get(hi), pos - lo)
+        out[f"{name}_intensity"] = _lerp(h.get(lo), h.get(hi), pos - lo)
     out["integrated_intensity"] = total
-    # intensity-weighted offsets from the centroid, from sums over the runs:
-    # sum v (col - cx) = sum_runs [c0 S_run + sum_t t v_t] - cx S
+    # intensity-weighted centroid minus the plain one
     sy, sx = spacing
-    offsets = np.cumsum(chunk.lengths) - chunk.lengths
-    run_sum = np.add.reduceat(v_int, offsets, dtype=np.int64)
-    idx_sum = np.add.reduceat(v_int * np.arange(v_int.size), offsets) - offsets * run_sum
-    ra, rb = chunk.ra, chunk.rb
-    col_sum = runs.c0[ra:rb].astype(np.int64) * run_sum + idx_sum
-    first = runs.first_run[chunk.k0 : chunk.k1] - ra
+    row_w, col_w = _weighted_coordinate_sums(chunk, v_int, runs)
     with np.errstate(invalid="ignore", divide="ignore"):
-        wy = np.add.reduceat(cen.run_dy[ra:rb] * run_sum, first) / total * sy
-        wx = (np.add.reduceat(col_sum, first) - cen.cx[chunk.k0 : chunk.k1] * total) / total * sx
+        wy = (row_w / total - cen.cy[chunk.k0 : chunk.k1]) * sy
+        wx = (col_w / total - cen.cx[chunk.k0 : chunk.k1]) * sx
     out["mass_displacement"] = np.hypot(wy, wx)
     return out
 
