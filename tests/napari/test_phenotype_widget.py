@@ -646,7 +646,7 @@ def test_x_excludes_a_proposed_cell_and_proposals_skip_border_cells(cropped, qtb
     (debris, a half cell) from proposals and training; X again takes it back in."""
     viewer, labels, widget, kinds, _ = cropped
     key = widget.key_of(labels)
-    table = widget._tables[id(labels)]
+    table = widget.session.images[key].table
     border = set(border_labels(table, labels.data.shape).tolist())
     assert len(border) >= 5  # cells of the cut row and column
     given = [lab for lab in table["label"] if lab not in border][:4]

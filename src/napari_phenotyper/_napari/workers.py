@@ -92,6 +92,13 @@ def user_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def drive(gen: Generator[Progress, None, Any]) -> Generator[Progress, None, Any]:
+    """A generator function over a generator already made: ``start_job(drive, gen)``
+    runs a generator whose inputs were taken on the GUI thread (e.g. a session's
+    :meth:`~napari_phenotyper.core.classify.session.PhenotypingSession.iter_train`)."""
+    return (yield from gen)
+
+
 def start_job(
     gen_func: Callable[..., Generator[Progress, None, Any]],
     *args: Any,

@@ -660,6 +660,11 @@ class AnnotationStore:
         else:
             self.save_error = None
 
+    def autosave(self) -> None:
+        """Save to :attr:`path` now (settings changed); a failure is kept in
+        :attr:`save_error`, never raised."""
+        self._changed()
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the session as JSON, atomically (its folder is created when missing)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -165,6 +165,8 @@ class TrainResult:
     #: :func:`feature_importances` of the model, computed with it (in the worker: a
     #: forest's importances walk every tree, tens of ms that a GUI thread must not spend)
     importances: pd.Series | None = None
+    #: Which state of the inputs it was trained on (see ``PhenotypingSession.version``).
+    version: int = -1
 
 
 class MatrixCache:
