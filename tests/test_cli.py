@@ -367,3 +367,28 @@ def test_classify_maps_channels_of_a_classifier_trained_in_another_naming(tmp_pa
     assert main([*argv, str(tmp_path / "cells.csv"), "--out", str(tmp_path / "o")]) == 0
     pred = pd.read_csv(tmp_path / "o" / "cells_classified.csv")
     assert pred["pheno_class"].tolist() == y
+
+
+def test_classify_images_segments_measures_and_classifies_them(tmp_path, capsys):
+    """classify on images: the built-in sample is segmented and measured as `segment` does,
+    then every cell is classified by a classifier trained (classify --train) on a table of
+    the same cells, annotated by a size rule the classifier must learn."""
+    seg = tmp_path / "seg"
+    assert main(["segment", "--sample", "nuclei", "--out", str(seg), "--quiet"]) == 0
+    cells = pd.read_csv(seg / "cells.csv")
+    cells["size"] = np.where(cells["area"] > cells["area"].median(), "large", "small")
+    cells.iloc[::3].to_csv(tmp_path / "annotated.csv", index=False)  # a third of the cells annotated
+    clf = tmp_path / "size.phenotyper.zip"
+    argv = ["classify", "--train", str(tmp_path / "annotated.csv"), "--class-column", "size", "--out", str(clf)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["classify", "--classifier", str(clf), "--sample", "nuclei", "--out", str(out), "--quiet"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"RESULT n_tables=1 n_failed=0 n_cells={len(cells)}"
+    got = pd.read_csv(out / "sample_nuclei_classified.csv")
+    assert (got["label"].to_numpy() == cells["label"].to_numpy()).all()
+    assert (got["pheno_class"] == cells["size"]).mean() > 0.9
+    assert (out / "sample_nuclei_labels.tif").is_file()
+    summary = pd.read_csv(out / "class_summary.csv")
+    assert summary.loc[0, "n_large"] + summary.loc[0, "n_small"] == len(cells)

@@ -478,113 +478,204 @@ def _parse_channel_map(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    """Apply a saved classifier to per-cell tables, or train one from annotated cells."""
-    import pandas as pd
-
-    from .core.channels import ChannelMismatch
-    from .io.atomic import atomic_write_text
-    from .io.tables import read_table, write_table
-
+    """Apply a saved classifier to per-cell tables or images, or train one from annotated
+    cells; both through the GUI's :class:`~.core.classify.session.PhenotypingSession`."""
     if (args.classifier is None) == (args.train is None):
         raise CLIError(
-            "Give --classifier FILE (apply it to tables) or --train ANNOTATIONS (train one), not both."
+            "Give --classifier FILE (apply it to tables or images) or --train ANNOTATIONS (train one), not both."
         )
-    out = Path(args.out)
-    if args.train is not None:
-        from .core.classify.model import ClassifierSettings, cross_validate, feature_columns_for
-        from .io.classifier_io import save_classifier
+    return _classify_train(args) if args.train is not None else _classify_apply(args)
 
-        table = read_table(args.train)
-        if args.class_column not in table.columns:
-            raise CLIError(
-                f"{args.train} has no column {args.class_column!r}; name the column holding each cell's "
-                "class with --class-column."
-            )
-        annotated = table[table[args.class_column].notna() & (table[args.class_column].astype(str) != "")]
-        annotated = annotated.reset_index(drop=True)
-        labels = annotated[args.class_column].astype(str).tolist()
-        if len(set(labels)) < 2:
-            raise CLIError(f"{args.train} needs cells of at least two classes in {args.class_column!r}.")
+
+def _with_row_labels(table: Any) -> Any:
+    """``table`` with a ``label`` column numbering its rows 1..n (in one block: a wide
+    table must not be fragmented)."""
+    import pandas as pd
+
+    rows = pd.Series(np.arange(1, len(table) + 1), index=table.index, name="label")
+    return pd.concat([table.drop(columns=["label"], errors="ignore"), rows], axis=1)
+
+
+def _classify_train(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .core.classify.model import feature_columns_for
+    from .core.classify.session import PhenotypingSession
+    from .core.progress import run
+    from .io.tables import read_table
+
+    table = read_table(args.train)
+    if args.class_column not in table.columns:
+        raise CLIError(
+            f"{args.train} has no column {args.class_column!r}; name the column holding each cell's "
+            "class with --class-column."
+        )
+    annotated = table[table[args.class_column].notna() & (table[args.class_column].astype(str) != "")]
+    classes = annotated[args.class_column].astype(str).reset_index(drop=True)
+    if classes.nunique() < 2:
+        raise CLIError(f"{args.train} needs cells of at least two classes in {args.class_column!r}.")
+    cells = annotated.drop(columns=[args.class_column]).reset_index(drop=True)
+    if "label" not in cells.columns or not cells["label"].is_unique:
+        cells = _with_row_labels(cells)  # cells of many images: one id per row here
+    session = PhenotypingSession(None)
+    try:
+        session.configure(
+            classifier=args.kind,
+            feature_groups=tuple(g.strip() for g in args.groups.split(",")) if args.groups else None,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    features = feature_columns_for(cells, session.loop.feature_groups)
+    if not features:
+        raise CLIError(f"{args.train} has no numeric feature columns besides {args.class_column!r}.")
+    key = str(Path(args.train).resolve())
+    session.set_image(key, cells, None, name=Path(args.train).name)
+    for name in sorted(classes.unique()):
+        session.add_class(name)
+    ids = cells["label"].to_numpy()
+    for name in sorted(classes.unique()):
+        session.annotate_many(key, ids[(classes == name).to_numpy()].tolist(), name)
+    session.apply_quality(run(session.iter_quality()))
+    quality = session.quality
+    path = session.save_classifier(args.out, metadata={"trained_from": key})
+    counts = pd.Series(classes).value_counts().sort_index()
+    print(
+        f"Trained a {args.kind} classifier on {len(classes)} cells, {len(features)} features: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    print(f"Saved {path}")
+    acc = "nan" if quality is None else f"{quality['accuracy']:.4f}"
+    bal = "nan" if quality is None else f"{quality['balanced_accuracy']:.4f}"
+    print(
+        f"RESULT n_cells={len(classes)} n_classes={len(counts)} n_features={len(features)} "
+        f"cv_accuracy={acc} cv_balanced_accuracy={bal}"
+    )
+    return 0
+
+
+def _classify_inputs(args: argparse.Namespace) -> list[tuple[str, Callable[[], Any], str, str]]:
+    """``(name, load, kind, shown)`` of every input: kind ``table.csv`` (``.parquet``) loads
+    a per-cell table, kind ``image`` an image to segment and measure first; ``shown`` is
+    its file name (in messages and the summary), ``name`` the stem of its outputs."""
+    from . import samples
+    from .io.images import read_image
+    from .io.tables import read_table
+
+    jobs: list[tuple[str, Callable[[], Any], str, str]] = []
+    if args.sample:
+        loader = samples.SAMPLES.get(args.sample)
+        if loader is None:
+            raise CLIError(f"Unknown sample {args.sample!r}; choose one of {', '.join(samples.SAMPLES)}.")
         try:
-            settings = ClassifierSettings(
-                kind=args.kind,
-                feature_groups=tuple(g.strip() for g in args.groups.split(",")) if args.groups else None,
-                seed=args.seed,
-            )
-        except ValueError as exc:
+            data = loader()
+        except samples.SampleUnavailable as exc:
             raise CLIError(str(exc)) from None
-        features = feature_columns_for(annotated.drop(columns=[args.class_column]), settings.feature_groups)
-        if not features:
-            raise CLIError(f"{args.train} has no numeric feature columns besides {args.class_column!r}.")
-        quality = cross_validate(annotated, labels, settings)
-        path = save_classifier(
-            out,
-            annotated,
-            labels,
-            features,
-            settings,
-            metadata={"trained_from": str(Path(args.train).resolve())},
-        )
-        counts = pd.Series(labels).value_counts().sort_index()
-        print(
-            f"Trained a {args.kind} classifier on {len(labels)} cells, {len(features)} features: "
-            + ", ".join(f"{k} {v}" for k, v in counts.items())
-        )
-        print(f"Saved {path}")
-        acc = "nan" if quality is None else f"{quality['accuracy']:.4f}"
-        bal = "nan" if quality is None else f"{quality['balanced_accuracy']:.4f}"
-        print(
-            f"RESULT n_cells={len(labels)} n_classes={len(counts)} n_features={len(features)} "
-            f"cv_accuracy={acc} cv_balanced_accuracy={bal}"
-        )
-        return 0
+        image = data[0] if isinstance(data, tuple) else data
+        jobs.append((f"sample_{args.sample}", lambda: image, "image", f"sample {args.sample}"))
+    used = {name for name, *_ in jobs}
+    for path in _expand_inputs(args.inputs, (*TABLE_SUFFIXES, *IMAGE_SUFFIXES), "per-cell tables or images"):
+        name, k = path.stem, 1
+        while name in used:  # same file name in two folders: keep both outputs
+            k += 1
+            name = f"{path.stem}_{k}"
+        used.add(name)
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            jobs.append((name, lambda path=path: read_table(path), f"table{path.suffix.lower()}", path.name))
+        else:
+            jobs.append((name, lambda path=path: read_image(path), "image", path.name))
+    return jobs
 
+
+def _classify_apply(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .core.batch import failure_text
+    from .core.channels import ChannelMismatch
+    from .core.classify.session import PhenotypingSession
+    from .core.pipeline import MeasureParams, iter_segment_and_measure
+    from .core.progress import run
+    from .io.atomic import atomic_write_text
     from .io.classifier_io import load_classifier
+    from .io.export import write_labels_tiff
+    from .io.images import to_grayscale
+    from .io.tables import write_table
 
     try:
         clf = load_classifier(args.classifier)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    tables = _expand_inputs(args.inputs, TABLE_SUFFIXES, "per-cell tables")
-    if not tables:
-        raise CLIError("Give per-cell tables (.csv, .parquet) or folders of them to classify.")
+    jobs = _classify_inputs(args)
+    if not jobs:
+        raise CLIError("Give per-cell tables (.csv, .parquet), images or folders of them, or --sample NAME.")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     channel_map = _parse_channel_map(args.channel_map or ())
-    models: dict[tuple[str, ...], Any] = {}
-    summary, failures, n_cells = [], {}, 0
-    for path in tables:
+    groups = _feature_groups(args.features)
+    try:
+        measure = MeasureParams(**({"groups": groups} if groups else {}), feature_set=args.feature_set)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if any(kind == "image" for _, _, kind, _ in jobs):
+        _apply_model_arg(args)
+        _segment_params(args.segmenter, args)  # unknown segmenter or parameter: fail before any work
+    # one session per set of columns: the classifier's channels pair with each set once
+    sessions: dict[tuple[str, ...], PhenotypingSession] = {}
+    placed: list[tuple[str, str, str, tuple[str, ...]]] = []  # (name, shown, suffix, session key)
+    failures: dict[str, str] = {}
+    originals: dict[str, pd.DataFrame] = {}  # tables whose rows the session numbered
+    for name, load, kind, shown in jobs:
         try:
-            table = read_table(path)
-            try:
-                mapped = clf.for_columns(table.columns, channel_map or None)
-            except ChannelMismatch as exc:
-                raise ValueError(
-                    f"the classifier uses channels {', '.join(map(repr, exc.needed))} and the table has "
-                    f"{', '.join(map(repr, exc.available)) or 'none'}; pair them with "
-                    "--channel-map CLASSIFIER_CHANNEL=TABLE_CHANNEL"
-                ) from None
-            key = tuple(mapped.feature_names)
-            if key not in models:
-                models[key] = mapped.train()
-            model = models[key]
-            if clf.is_regression:
-                from .core.classify.regression import predict_values
-
-                pred = predict_values(model, table)
+            if kind == "image":
+                image = to_grayscale(load(), args.channel)
+                params = _segment_params(args.segmenter, args, image)
+                seg = run(iter_segment_and_measure(image, args.segmenter, params, measure=measure))
+                table, labels, suffix = seg.features, seg.labels, ".csv"
+                write_labels_tiff(labels, out / f"{name}_labels.tif")
             else:
-                from .core.classify.model import predict
-
-                pred = predict(model, table)
-        except (OSError, ValueError, KeyError) as exc:
-            failures[path.name] = str(exc)
-            print(f"FAILED {path.name}: {exc}", file=sys.stderr)
-            continue
-        result = pd.concat(
-            [table.drop(columns=[c for c in pred.columns if c in table.columns]), pred], axis=1
-        )
-        target = out / f"{path.stem}_classified{path.suffix.lower()}"
+                labels, suffix = None, kind[len("table") :]
+                table = load()
+                table = table.drop(columns=[c for c in table.columns if str(c).startswith("pheno_")])
+                table = table.reset_index(drop=True)
+                if "label" not in table.columns or not table["label"].is_unique:
+                    # a table of many images (or none with ids): the session keys cells by row
+                    originals[name] = table
+                    table = _with_row_labels(table)
+            columns = tuple(str(c) for c in table.columns)
+            session = sessions.get(columns)
+            if session is None:
+                session = PhenotypingSession(None)
+                session.set_image(name, table, labels, name=name)
+                try:
+                    session.load_classifier(args.classifier, channel_map or None)
+                except ChannelMismatch as exc:
+                    raise ValueError(
+                        f"the classifier uses channels {', '.join(map(repr, exc.needed))} and the cells have "
+                        f"{', '.join(map(repr, exc.available)) or 'none'}; pair them with "
+                        "--channel-map CLASSIFIER_CHANNEL=TABLE_CHANNEL"
+                    ) from None
+                sessions[columns] = session
+            else:
+                session.set_image(name, table, labels, name=name)
+            placed.append((name, shown, suffix, columns))
+        except CLIError:
+            raise
+        except Exception as exc:  # one bad input must not stop the run
+            text = str(exc) if isinstance(exc, OSError | ValueError | KeyError) else failure_text(exc)
+            failures[shown] = text.removeprefix(f"{name}: ")
+            print(f"FAILED {shown}: {failures[shown]}", file=sys.stderr)
+    for session in sessions.values():  # one model per set of columns, every cell predicted
+        session.apply_result(run(session.iter_train(full=True)))
+    summary, n_cells = [], 0
+    for name, shown, suffix, columns in placed:
+        session = sessions[columns]
+        table = originals.get(name, session.images[name].table)
+        pred = session.pheno_frame(name)
+        pred = pred.drop(columns=[c for c in pred.columns if c.endswith("annotation")])
+        result = pd.concat([table.reset_index(drop=True), pred.reset_index(drop=True)], axis=1)
+        target = out / f"{name}_classified{suffix}"
         write_table(result, target)
-        row: dict[str, Any] = {"table": path.name, "n_cells": len(result)}
+        row: dict[str, Any] = {"table": shown, "n_cells": len(result)}
         if clf.is_regression:
             row["mean_value"] = float(result["pheno_value"].mean()) if len(result) else float("nan")
         else:
@@ -595,7 +686,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         summary.append(row)
         n_cells += len(result)
         if not args.quiet:
-            print(f"{path.name}: {len(result)} cells -> {target.name}")
+            print(f"{shown}: {len(result)} cells -> {target.name}")
     if summary:
         write_table(pd.DataFrame(summary), out / "class_summary.csv")
     atomic_write_text(
@@ -606,13 +697,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 "task": clf.task,
                 "classes": clf.classes,
                 "channel_map": channel_map,
-                "tables": [str(p) for p in tables],
+                "inputs": [shown for *_, shown in jobs],
                 "failures": failures,
             },
             indent=2,
         ),
     )
-    print(f"RESULT n_tables={len(tables)} n_failed={len(failures)} n_cells={n_cells}")
+    print(f"RESULT n_tables={len(jobs)} n_failed={len(failures)} n_cells={n_cells}")
     return 1 if failures and not summary else 0
 
 
@@ -803,13 +894,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply a saved classifier to per-cell tables, or train one from a table of annotated cells",
         description="With --classifier: predict every cell of each table (CSV or Parquet, e.g. a segment or "
         "batch cells table) and write <table>_classified.csv with pheno_class, pheno_proba_<class> and "
-        "pheno_uncertainty (pheno_value for a regressor), plus class_summary.csv. With --train: train a "
-        "classifier from a table with one class per annotated cell and save it (OUT is the file). To "
-        "classify images, put the classifier in a pipeline (napari-phenotyper pipeline --classifier) and run batch.",
+        "pheno_uncertainty (pheno_value for a regressor), plus class_summary.csv. Images (and --sample) are "
+        "segmented and measured first (--segmenter, --features as in segment; <image>_labels.tif is written). "
+        "With --train: train a classifier from a table with one class per annotated cell and save it (OUT "
+        "is the file). For plates, put the classifier in a pipeline (pipeline --classifier) and run batch.",
     )
     cl.add_argument(
-        "inputs", nargs="*", help="per-cell tables, folders of them or glob patterns (with --classifier)"
+        "inputs",
+        nargs="*",
+        help="per-cell tables or images (segmented and measured first), folders of them or glob patterns "
+        "(with --classifier)",
     )
+    cl.add_argument("--sample", default=None, help="with --classifier: classify a built-in sample (nuclei)")
     cl.add_argument(
         "--classifier", default=None, help="classifier or regressor file (*.phenotyper.zip) to apply"
     )
@@ -837,7 +933,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--groups", default=None, help="with --train: feature groups to use (default: every numeric column)"
     )
     cl.add_argument("--seed", type=int, default=0)
-    cl.add_argument("--quiet", action="store_true")
+    cl.add_argument("--model", default=None, help="for images: " + _MODEL_HELP)
+    _add_feature_args(cl)
+    add_segmenter_args(cl)
     cl.set_defaults(func=_cmd_classify)
 
     ft = sub.add_parser(

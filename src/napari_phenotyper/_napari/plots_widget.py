@@ -55,6 +55,7 @@ from qtpy.QtWidgets import (
 
 from ..core.classify.annotations import DEFAULT_COLORS
 from ..core.classify.model import feature_columns_for
+from ..core.classify.session import PhenotypingSession
 from ..core.embedding import (
     EMBEDDINGS,
     Embedding,
@@ -103,7 +104,7 @@ LEVELS = 64
 #: Up to this many cells the PCA runs at once on the GUI thread (a fraction of a
 #: second); larger tables (and UMAP always) go to a worker thread.
 SYNC_EMBED_CELLS = 20_000
-#: How often the dock looks at the Phenotypes dock for new quality or importances (ms).
+#: How often the dock looks for a Phenotypes dock (opened or closed) to follow (ms).
 POLL_MS = 400
 NO_CLASS_COLOR = "#B0B0B0"
 CLEAR_ANNOTATION = "— clear —"
@@ -212,10 +213,7 @@ class PlotsWidget(QWidget):
         self._classes_sig: tuple[tuple[str, str], ...] = ()
         self._quality: Any = None
         self._importances: Any = None
-        #: Cross-validated (n annotated cells, accuracy) and (n, balanced accuracy), in
-        #: the order measured; see :func:`~napari_phenotyper.core.embedding.learning_curve`.
-        self.learning_records: list[tuple[int, float]] = []
-        self.balanced_records: list[tuple[int, float]] = []
+        self._session: PhenotypingSession | None = None  # the session whose events we follow
         self._build()
         self._reload_timer = QTimer(self)
         self._reload_timer.setSingleShot(True)
@@ -223,12 +221,12 @@ class PlotsWidget(QWidget):
         self._reload_timer.timeout.connect(self.reload)
         self._poll = QTimer(self)
         self._poll.setInterval(POLL_MS)
-        self._poll.timeout.connect(self.sync_with_phenotypes)
+        self._poll.timeout.connect(self._follow_session)
         self._poll.start()
         self.layer_combo.changed.connect(self._set_layer)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
-        self.sync_with_phenotypes(redraw=False)
+        self._follow_session()
         self._set_layer(self.layer_combo.value)
         compact_widths(self)  # long layer names must not widen the dock
         settle_when_docked(self)
@@ -380,13 +378,33 @@ class PlotsWidget(QWidget):
         pheno = self.phenotypes()
         return {c.name: c.color for c in pheno.store.classes} if pheno is not None else {}
 
-    def sync_with_phenotypes(self, redraw: bool = True) -> None:
-        """Take the Phenotypes dock's classes, quality and importances when they change.
+    @property
+    def learning_records(self) -> list[tuple[int, float]]:
+        """The session's cross-validated (cells, accuracy), in the order measured."""
+        return self._session.learning_records if self._session is not None else []
 
-        Runs every :data:`POLL_MS` ms: cross-validation ends without a ``features``
-        event, so this is how the confusion matrix and the learning curve learn of it.
-        Each new cross-validation adds a point to the learning curve.
-        """
+    @property
+    def balanced_records(self) -> list[tuple[int, float]]:
+        return self._session.balanced_records if self._session is not None else []
+
+    def _follow_session(self) -> None:
+        """Subscribe to the session of the viewer's Phenotypes dock (opened before or after
+        this dock; looked for every :data:`POLL_MS` ms, a cheap check), and take its state."""
+        pheno = self.phenotypes()
+        session = pheno.session if pheno is not None else None
+        if session is self._session:
+            return
+        if self._session is not None:
+            for signal in (self._session.events.quality, self._session.events.classes):
+                signal.disconnect(self.sync_with_phenotypes)
+        self._session = session
+        if session is not None:
+            session.events.quality.connect(self.sync_with_phenotypes)
+            session.events.classes.connect(self.sync_with_phenotypes)
+        self.sync_with_phenotypes()
+
+    def sync_with_phenotypes(self, redraw: bool = True) -> None:
+        """Take the session's classes, quality and importances (on its events)."""
         pheno = self.phenotypes()
         classes = tuple((c.name, c.color) for c in pheno.store.classes) if pheno is not None else ()
         if classes != self._classes_sig:
@@ -397,7 +415,6 @@ class PlotsWidget(QWidget):
         quality = pheno.quality if pheno is not None else None
         if quality is not self._quality:
             self._quality = quality
-            self._record(quality)
             self._dirty |= {"confusion", "learning"}
         importances = pheno.importances if pheno is not None else None
         if importances is not self._importances:
@@ -410,15 +427,6 @@ class PlotsWidget(QWidget):
         if redraw and self.current_tab() in self._dirty:
             self.refresh()
 
-    def _record(self, quality: Any) -> None:
-        if not isinstance(quality, dict) or not isinstance(quality.get("confusion"), pd.DataFrame):
-            return
-        n = int(quality["confusion"].to_numpy().sum())  # the cells cross-validated
-        self.learning_records.append((n, float(quality["accuracy"])))
-        if "balanced_accuracy" in quality:
-            self.balanced_records.append((n, float(quality["balanced_accuracy"])))
-
-    # ---- layer binding -------------------------------------------------------------
     def _labels_choices(self, _w: Any = None) -> list[tuple[str, Labels]]:
         layers = [lyr for lyr in self.viewer.layers if _is_candidate(lyr)]
         # measured ones first (ours before others): a layer measured later can be chosen too

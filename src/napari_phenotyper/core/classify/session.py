@@ -107,6 +107,8 @@ class LoopSettings:
         One of :data:`~.query.STRATEGIES`.
     value_range : tuple of float
         Values that keys 1 and 9 give in regression mode.
+    seed : int
+        Random seed of the models.
     """
 
     classifier: str = "random_forest"
@@ -114,6 +116,7 @@ class LoopSettings:
     trees: int = ClassifierSettings().trees
     strategy: str = "margin"
     value_range: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -146,6 +149,7 @@ class LoopSettings:
             "trees": int(self.trees),
             "strategy": self.strategy,
             "value_range": list(self.value_range),
+            "seed": int(self.seed),
         }
 
     @classmethod
@@ -161,6 +165,8 @@ class LoopSettings:
             kw["trees"] = data["trees"]
         if data.get("strategy") in STRATEGIES:
             kw["strategy"] = data["strategy"]
+        if isinstance(data.get("seed"), int):
+            kw["seed"] = data["seed"]
         vr = data.get("value_range")
         if isinstance(vr, list | tuple) and len(vr) == 2:
             kw["value_range"] = (float(vr[0]), float(vr[1]))
@@ -173,7 +179,8 @@ class ImageEntry:
 
     key: str
     table: pd.DataFrame
-    labels: np.ndarray
+    #: The labels image (``None`` for a table read without its labels, headless).
+    labels: np.ndarray | None
     name: str = ""
     _label_set: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
 
@@ -237,6 +244,10 @@ class PhenotypingSession:
         self.last_lost: list[tuple[str, int, Any]] = []
         #: After an answer to the proposed cell, propose the next one when the model is new.
         self.auto_next = True
+        #: Each cross-validation's (cells cross-validated, accuracy), in the order measured,
+        #: and the same with the balanced accuracy: the learning curve.
+        self.learning_records: list[tuple[int, float]] = []
+        self.balanced_records: list[tuple[int, float]] = []
         self.cache = MatrixCache()
         self._advance = False
         self._version = 0  # bumps whenever the training inputs change
@@ -338,21 +349,23 @@ class PhenotypingSession:
             Stable image key.
         table : pandas.DataFrame
             Per-cell table with a ``label`` column (``pheno_*`` columns are ignored).
-        labels : array-like
-            Its labels (a copy is kept: a later :meth:`relabel` compares with it).
+        labels : array-like or None
+            Its labels (a copy is kept: a later :meth:`relabel` compares with it);
+            ``None`` for a table alone (no geometry is then stored with its answers).
         name, path : optional
             Shown in messages; the image file (recorded with its hash).
         """
         if "label" not in table.columns:
             raise ValueError(f"{name or key}: the table has no 'label' column; measure the image first.")
         table = table.drop(columns=[c for c in table.columns if str(c).startswith("pheno_")])
-        entry = ImageEntry(str(key), table, np.array(labels, copy=True), name or str(key))
+        arr = None if labels is None else np.array(labels, copy=True)
+        entry = ImageEntry(str(key), table, arr, name or str(key))
         new = entry.key not in self.images
         self.images[entry.key] = entry
         if entry.key not in self.store.images:
             self.store.register_image(entry.key, path=path, layer=entry.name)
         report = None
-        if self.store.annotated_labels(entry.key) or self.store.lost(entry.key):
+        if arr is not None and (self.store.annotated_labels(entry.key) or self.store.lost(entry.key)):
             report = self.store.reconcile(entry.key, entry.labels, entry.areas())
             if report.changed:
                 self._status(f"{entry.name}: annotations checked against its cells: {report.summary()}.")
@@ -388,6 +401,8 @@ class PhenotypingSession:
         """The geometry of one cell (the table's bounding box saves a scan of the image)."""
         entry = self.entry(key)
         arr = entry.labels if labels is None else np.asarray(labels)
+        if arr is None:
+            return None
         bbox = None
         t = entry.table
         if labels is None and arr.ndim == 2 and "bbox_min_y" in t.columns:
@@ -405,19 +420,19 @@ class PhenotypingSession:
         keep track of (a segmentation run asks before losing many)."""
         entry = self.images.get(str(key))
         annotated = self.store.annotated_labels(str(key)) if entry is not None else {}
-        if not annotated:
+        if not annotated or entry is None:
             return 0, 0
         new = np.asarray(new_labels)
-        if entry.labels.shape != new.shape:  # type: ignore[union-attr]
+        if entry.labels is None or entry.labels.shape != new.shape:
             return len(annotated), len(annotated)
-        return len(annotated), len(transfer_annotations(entry.labels, new, annotated).lost)  # type: ignore[union-attr]
+        return len(annotated), len(transfer_annotations(entry.labels, new, annotated).lost)
 
     def relabel(self, key: str, new_labels: Any) -> TransferResult | None:
         """The image's labels changed (re-segmented, painted): move its annotations onto
         the new cells (IoU >= 0.5), keep the others as lost records, and report."""
         entry = self.entry(key)
-        old = entry.labels
         new = np.array(new_labels, copy=True)
+        old = entry.labels if entry.labels is not None else np.zeros_like(new)
         entry.labels = new
         annotated = self.store.annotated_labels(entry.key)
         if not annotated:
@@ -619,6 +634,8 @@ class PhenotypingSession:
         done = 0
         for key, entry in self.images.items():
             data = entry.labels
+            if data is None:
+                continue
             for record in self.store.lost(key):
                 c = record.centroid
                 if c is None or len(c) != data.ndim:
@@ -702,9 +719,14 @@ class PhenotypingSession:
             from .regression import REGRESSORS, RegressorSettings
 
             kind = loop.classifier if loop.classifier in REGRESSORS else "random_forest"
-            return RegressorSettings(kind=kind, feature_groups=loop.feature_groups)  # type: ignore[arg-type]
+            return RegressorSettings(kind=kind, feature_groups=loop.feature_groups, seed=loop.seed)  # type: ignore[arg-type]
         trees = min(loop.trees, LIVE_TREES) if live and loop.classifier == "random_forest" else loop.trees
-        return ClassifierSettings(kind=loop.classifier, feature_groups=loop.feature_groups, trees=trees)  # type: ignore[arg-type]
+        return ClassifierSettings(
+            kind=loop.classifier,  # type: ignore[arg-type]
+            feature_groups=loop.feature_groups,
+            trees=trees,
+            seed=loop.seed,
+        )
 
     def is_live_cut(self) -> bool:
         """Whether a live pass trains less than the full model (a cut forest)."""
@@ -814,6 +836,11 @@ class PhenotypingSession:
         if version != self._version:
             return False
         self.quality = quality
+        if isinstance(quality, dict) and isinstance(quality.get("confusion"), pd.DataFrame):
+            n = int(quality["confusion"].to_numpy().sum())  # the cells cross-validated
+            self.learning_records.append((n, float(quality["accuracy"])))
+            if "balanced_accuracy" in quality:
+                self.balanced_records.append((n, float(quality["balanced_accuracy"])))
         self.events.quality.emit()
         return True
 
@@ -844,7 +871,11 @@ class PhenotypingSession:
         tables = {key: e.table for key, e in self.images.items()}
         answered = {key: {*self._answers(key), *self.store.excluded(key)} for key in tables}
         # cells cut by the image border are a poor example: proposed only when nothing else is left
-        avoid = {key: border_labels(e.table, e.labels.shape) for key, e in self.images.items()}
+        avoid = {
+            key: border_labels(e.table, e.labels.shape)
+            for key, e in self.images.items()
+            if e.labels is not None
+        }
         strategy = self.loop.strategy
         return propose(
             tables,
@@ -924,8 +955,7 @@ class PhenotypingSession:
             )
         pred = self.result.predictions.get(entry.key) if self.result is not None else None
         if pred is not None and len(pred) == len(table) and pred.index.equals(table.index):
-            for c in pred.columns:
-                out[c] = pred[c]
+            out = pd.concat([out, pred.drop(columns=[c for c in out.columns if c in pred.columns])], axis=1)
             if excluded and "pheno_class" in out:  # debris gets no phenotype (nor a colour)
                 out["pheno_class"] = out["pheno_class"].where(~out["pheno_excluded"])
         return out
@@ -966,6 +996,8 @@ class PhenotypingSession:
         missing = [k for k in self.store.images if k not in self.images]
         reports = []
         for key, entry in self.images.items():
+            if entry.labels is None:
+                continue
             report = self.store.reconcile(key, entry.labels, entry.areas())
             if report.changed or report.kept:
                 reports.append(f"{entry.name}: {report.summary()}")
@@ -981,8 +1013,9 @@ class PhenotypingSession:
         self._status(summary)
         return summary
 
-    def save_classifier(self, path: str | os.PathLike) -> Path:
-        """Save the training set and settings (pickle-free, see :mod:`...io.classifier_io`)."""
+    def save_classifier(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Save the training set and settings (pickle-free, see :mod:`...io.classifier_io`);
+        ``metadata`` goes into the file as it is (e.g. where the cells came from)."""
         from ...io.classifier_io import save_classifier
 
         if self.task != "classification":
@@ -993,7 +1026,9 @@ class PhenotypingSession:
         X, y, _ = training_set(tables, answers, names)
         if len(set(y)) < 2:
             raise ValueError("Annotate cells of at least two classes before saving a classifier.")
-        return save_classifier(path, X, y, names, settings, colors=self.colors())
+        return save_classifier(
+            path, X, y, names, settings, colors=self.colors(), metadata=dict(metadata or {})
+        )
 
     def load_classifier(self, path: str | os.PathLike, channel_map: Mapping[str, str] | None = None) -> str:
         """Use a saved classifier (or regressor) on every image; returns a summary.
