@@ -27,3 +27,17 @@ def test_forbidden_check_can_fail():
     code = "import sys, napari_phenotyper._napari.layers; print('napari' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+#: The docks are views: no GUI module grows past this many lines (algorithms and state
+#: belong in core, e.g. core/classify/session.py).
+MAX_GUI_LINES = 600
+
+
+def test_gui_modules_stay_thin():
+    from pathlib import Path
+
+    gui = Path(__file__).resolve().parents[1] / "src" / "napari_phenotyper" / "_napari"
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in gui.glob("*.py")}
+    assert len(sizes) > 10  # the folder was found
+    assert {n: k for n, k in sizes.items() if k > MAX_GUI_LINES} == {}

@@ -15,54 +15,46 @@ overlap), and open "Segment & measure" docks are told to list their models again
 
 from __future__ import annotations
 
-import contextlib
-import math
-import sys
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from magicgui.types import FileDialogMode
 from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
     Container,
-    FileEdit,
-    Label,
-    LineEdit,
-    ProgressBar,
-    PushButton,
-    SpinBox,
 )
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea
 
 from ..core.features import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, FEATURE_SETS
 from ..core.finetune import BACKENDS as FINETUNE_BACKENDS
 from ..core.finetune import (
-    FinetuneRequest,
     FinetuneResult,
-    check_training_pairs,
     default_model_name,
     default_settings,
-    load_training_folder,
-    next_version_name,
 )
-from ..core.params import field_specs
-from ..core.pipeline import MeasureParams, SegmentResult, select_channel
+from ..core.pipeline import MeasureParams, SegmentResult
 from ..core.progress import Progress, TrainProgress
 from ..core.segment import get_segmenter
-from ..core.segment.models import ModelInfo, list_models, models_dir
 from ..core.segment.registry import available
 from .docking import settle_when_docked
-from .engine_worker import engine_job
+from .finetune_controls import FinetuneControls
+from .finetune_parts import (
+    CANCEL_GRACE_S,
+    FINETUNE,
+    FinetuneJob,
+    _cellpose_major,
+    _closer,
+    _default_base,
+    _duration,
+    _gpu_known,
+    _level0,
+    _PairRow,
+    _plane_shape,
+    _UndockWatcher,
+    finetune_job,
+)
 from .layers import find_result_layer, source_of, upsert_labels
 from .params_form import ModelChooser, compact_widths
 from .workers import SegmentRequest, segment_job, start_job, user_message
@@ -74,182 +66,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FINETUNE", "FinetuneJob", "FinetuneWidget", "finetune_job"]
 
-#: The core function the engine process runs to fine-tune.
-FINETUNE = "napari_phenotyper.core.finetune.run:iter_finetune"
 
-#: Seconds a cancelled training has to stop (and, if asked, save the best model so far)
-#: before its engine process is terminated.
-CANCEL_GRACE_S = 30.0
-
-
-# --------------------------------------------------------------------------- the job
-
-
-@dataclass(frozen=True)
-class FinetuneJob:
-    """A fine-tuning run as read from the dock: the request, and folders to read first.
-
-    Parameters
-    ----------
-    request : FinetuneRequest
-        With the training pairs when they come from layers (empty when from folders).
-    images_dir, masks_dir : str or None
-        Folders of training images and masks (read in the worker thread).
-    val_images_dir, val_masks_dir : str or None
-        Folders of validation images and masks.
-    """
-
-    request: FinetuneRequest
-    images_dir: str | None = None
-    masks_dir: str | None = None
-    val_images_dir: str | None = None
-    val_masks_dir: str | None = None
-
-
-def finetune_job(
-    job: FinetuneJob, engine: EngineProcess, should_cancel: Callable[[], bool] | None = None
-) -> Generator[Progress, None, FinetuneResult]:
-    """Read the job's folders (in this worker thread), then fine-tune in ``engine``.
-
-    A generator for :func:`~.workers.start_job`; ``should_cancel`` is polled while the
-    engine works (the Cancel button).
-    """
-    request = job.request
-    if job.images_dir and job.masks_dir:
-        yield Progress(0, 0, "Reading the training folders")
-        data = load_training_folder(job.images_dir, job.masks_dir)
-        request = replace(request, images=data.images, masks=data.masks, image_names=data.names)
-    if job.val_images_dir and job.val_masks_dir:
-        yield Progress(0, 0, "Reading the validation folders")
-        val = load_training_folder(job.val_images_dir, job.val_masks_dir, what="validation")
-        request = replace(request, val_images=val.images, val_masks=val.masks)
-    result = yield from engine_job(engine.job(FINETUNE, request), should_cancel)
-    return result
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _level0(layer: Any) -> Any:
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-def _plane_shape(layer: Image) -> tuple[int, ...]:
-    shape = tuple(_level0(layer).shape)
-    return shape[:-1] if layer.rgb else shape
-
-
-def _default_base(backend: str) -> str | None:
-    """The segmenter's default model (what "Segment & measure" uses when the field is empty)."""
-    try:
-        spec = next(s for s in field_specs(get_segmenter(backend).params_type) if s.name == "model")
-    except (ImportError, KeyError, StopIteration):
-        return None
-    if spec.default is not None:
-        return str(spec.default)
-    if backend == "cellpose":
-        from ..core.segment.cellpose_models import default_cellpose_model
-
-        return default_cellpose_model()
-    return None
-
-
-def _cellpose_major() -> int | None:
-    from ..core.segment.cellpose_models import cellpose_version
-
-    v = cellpose_version()
-    return None if v is None else v[0]
-
-
-def _gpu_known() -> bool:
-    """Whether torch, already loaded here, sees a GPU (never imports torch)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return False
-    try:
-        return bool(torch.cuda.is_available() or torch.backends.mps.is_available())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _best_ap(info: ModelInfo) -> float | None:
-    ft = info.metadata.get("finetune") or {}
-    value = ft.get("val_ap50_best") if isinstance(ft, dict) else None
-    if value is None:
-        hist = ((info.metadata.get("training") or {}).get("history") or {}).get("val_ap50")
-        values = list(hist.values()) if isinstance(hist, dict) else hist
-        finite = [float(v) for v in values or () if v is not None and math.isfinite(float(v))]
-        value = max(finite) if finite else None
-    return None if value is None else float(value)
-
-
-def _created(info: ModelInfo) -> str:
-    created = str(info.metadata.get("created") or "")
-    if not created and info.path is not None:
-        with contextlib.suppress(OSError):
-            created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(Path(info.path).stat().st_mtime))
-    return created
-
-
-def _version_label(info: ModelInfo) -> str:
-    ap = _best_ap(info)
-    parts = [info.name]
-    parts.append(f"val AP@0.5 {ap:.3f}" if ap is not None else "no validation")
-    created = _created(info)
-    if created:
-        parts.append(created[:16].replace("T", " "))
-    if info.metadata.get("cancelled"):
-        parts.append("cancelled")
-    return " · ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-# --------------------------------------------------------------------------- one training pair
-
-
-class _PairRow(Container):
-    """One training pair: an image layer and its corrected labels layer, with a remove button."""
-
-    def __init__(self, owner: FinetuneWidget) -> None:
-        self.labels_layer = ComboBox(
-            label="labels",
-            choices=owner._labels_choices,
-            nullable=True,
-            tooltip="The corrected labels layer (instance labels, 0 = background)",
-        )
-        self.image_layer = ComboBox(
-            label="image",
-            choices=owner._image_choices,
-            nullable=True,
-            tooltip="The image the labels were drawn on (found from the labels layer when possible)",
-        )
-        self.remove_button = PushButton(text="✕", tooltip="Remove this pair")
-        self.remove_button.max_width = 32
-        super().__init__(
-            widgets=[self.labels_layer, self.image_layer, self.remove_button],
-            layout="horizontal",
-            labels=False,
-        )
-        self.margins = (0, 0, 0, 0)
-        self._owner = owner
-        self.labels_layer.changed.connect(self._on_labels)
-
-    def _on_labels(self, layer: Labels | None) -> None:
-        if layer is not None:
-            self.image_layer.value = self._owner.source_image(layer)
-
-
-# --------------------------------------------------------------------------- the dock
-
-
-class FinetuneWidget(Container):
+class FinetuneWidget(FinetuneControls, Container):
     """Fine-tune a StarDist or Cellpose model on corrected labels, in the background.
 
     Parameters
@@ -300,148 +118,7 @@ class FinetuneWidget(Container):
         backends = [
             (spec.display_name, name) for name, spec in available().items() if name in FINETUNE_BACKENDS
         ]
-        self.backend = ComboBox(
-            label="backend",
-            choices=backends,
-            value=backends[0][1] if backends else None,
-            tooltip="The deep-learning library to fine-tune (only installed ones are listed)",
-        )
-        self.base_box: Container[Any] = Container(labels=False, label="base model")
-        self.base_box.margins = (0, 0, 0, 0)
-        self.source = ComboBox(
-            label="training data",
-            choices=[
-                ("(image, labels) layers in the viewer", "layers"),
-                ("folders of images and masks", "folders"),
-            ],
-            value="layers",
-        )
-        self.pairs_box: Container[Any] = Container(labels=False)
-        self.pairs_box.margins = (0, 0, 0, 0)
-        self.add_pair = PushButton(text="Add a pair", tooltip="Train on one more (labels, image) pair")
-        self.images_dir = FileEdit(
-            mode=FileDialogMode.EXISTING_DIRECTORY, label="images folder", tooltip="Folder of training images"
-        )
-        self.masks_dir = FileEdit(
-            mode=FileDialogMode.EXISTING_DIRECTORY,
-            label="masks folder",
-            tooltip="Folder of label masks, paired with the images by file name (a1.png <-> a1.tif or a1_mask.tif)",
-        )
-        self.val_labels = ComboBox(
-            label="validation labels",
-            choices=self._labels_choices,
-            nullable=True,
-            value=None,
-            tooltip="Optional: corrected labels of an image NOT used for training; scored after every epoch (AP@0.5)",
-        )
-        self.val_image = ComboBox(
-            label="validation image", choices=self._image_choices, nullable=True, value=None
-        )
-        self.val_images_dir = FileEdit(
-            mode=FileDialogMode.EXISTING_DIRECTORY, label="validation images", tooltip="Optional folder"
-        )
-        self.val_masks_dir = FileEdit(
-            mode=FileDialogMode.EXISTING_DIRECTORY, label="validation masks", tooltip="Optional folder"
-        )
-        self.epochs = SpinBox(label="epochs", min=1, max=100_000, value=20)
-        self.learning_rate = LineEdit(label="learning rate", value="1e-4", tooltip="e.g. 1e-4")
-        self.steps_per_epoch = SpinBox(
-            label="steps per epoch", min=1, max=100_000, value=25, tooltip="Batches per epoch (StarDist)"
-        )
-        self.patch_size = SpinBox(
-            label="patch size",
-            min=16,
-            max=4096,
-            step=16,
-            value=256,
-            tooltip="Side of the square training patches, a multiple of 16 (not larger than the smallest image)",
-        )
-        self.batch_size = SpinBox(label="batch size", min=1, max=1024, value=4, tooltip="Patches per step")
-        self.model_name = LineEdit(
-            label="new model name", tooltip="Taken names get -v2, -v3...; nothing is overwritten"
-        )
-        self.name_hint = Label(value="")
-        self.name_hint.native.setWordWrap(True)
-        self.keep_best = CheckBox(
-            text="keep the best so far if cancelled",
-            value=False,
-            tooltip="When you cancel after at least one epoch, save the best epoch's weights (marked 'cancelled')",
-        )
-        self.warning = Label(value="")
-        self.warning.native.setWordWrap(True)
-        self.start_button = PushButton(text="Start")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        buttons = Container(
-            widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False
-        )
-        self.progress = ProgressBar(min=0, max=1000, value=0, label="progress")
-        self.status = Label(value="Ready.")
-        self.status.native.setWordWrap(True)
-
-        # the live plot: training loss (left axis) and validation AP@0.5 (right axis) per epoch
-        self.figure = Figure(figsize=(4.0, 2.8), dpi=100, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
-        self.ax = self.figure.add_subplot()
-        self.ax_ap = self.ax.twinx()
-        (self.loss_line,) = self.ax.plot([], [], "o-", color="tab:blue", label="training loss", ms=3)
-        (self.val_loss_line,) = self.ax.plot([], [], "s--", color="tab:cyan", label="validation loss", ms=3)
-        (self.ap_line,) = self.ax_ap.plot([], [], "D-", color="tab:orange", label="validation AP@0.5", ms=4)
-        self._style_plot()
-        plot_box: Container[Any] = Container(labels=False)
-        plot_box.margins = (0, 0, 0, 0)
-        plot_box.native.layout().addWidget(self.canvas)
-
-        self.result_label = Label(value="")
-        self.result_label.native.setWordWrap(True)
-        self.versions = ComboBox(label="model versions", choices=[], nullable=True, value=None)
-        self.versions.tooltip = (
-            "Fine-tuned models of this backend, newest first (validation AP@0.5 of the kept epoch)"
-        )
-        self.skip_training = CheckBox(
-            text="skip the training images",
-            value=True,
-            tooltip="Do not replace the labels you corrected and trained on with the model's prediction",
-        )
-        self.apply_button = PushButton(
-            text="Apply to all images",
-            tooltip="Re-segment every image layer with the chosen model; result layers are updated in place",
-        )
-        # napari docks a magicgui widget's ``native``, which for ``scrollable=True`` is the
-        # inner widget without its scroll area (left behind, it kept resizing the inner widget
-        # to its own 640 px, wider than the dock): the scroll area is ours, inside the dock.
-        self.form: Container[Any] = Container(
-            widgets=[
-                self.backend,
-                self.base_box,
-                self.source,
-                self.pairs_box,
-                self.add_pair,
-                self.images_dir,
-                self.masks_dir,
-                self.val_labels,
-                self.val_image,
-                self.val_images_dir,
-                self.val_masks_dir,
-                self.epochs,
-                self.learning_rate,
-                self.steps_per_epoch,
-                self.patch_size,
-                self.batch_size,
-                self.model_name,
-                self.name_hint,
-                self.keep_best,
-                self.warning,
-                buttons,
-                self.progress,
-                self.status,
-                plot_box,
-                self.result_label,
-                self.versions,
-                self.skip_training,
-                self.apply_button,
-            ],
-        )
+        self._build_controls(backends)
         super().__init__(labels=False)
         self.margins = (0, 0, 0, 0)
         self.scroll_area = QScrollArea()
@@ -614,51 +291,6 @@ class FinetuneWidget(Container):
                 self._setting_name = False
         self._update_name_hint()
 
-    def _on_name_edited(self, _value: str = "") -> None:
-        if not self._setting_name:
-            self._name_edited = bool(str(self.model_name.value).strip())
-        self._update_name_hint()
-
-    def _update_name_hint(self) -> None:
-        backend = self.backend.value
-        name = str(self.model_name.value).strip() or (
-            default_model_name(self.base.value or None) if self.base else ""
-        )
-        if backend is None or not name:
-            self.name_hint.value = ""
-            return
-        root = models_dir() / backend
-        try:
-            final = next_version_name(root, name)
-        except OSError:
-            final = name
-        self.name_hint.value = (
-            f"will be saved as {final} ({name} exists)" if final != name else f"will be saved in {root}"
-        )
-
-    # ---- model versions --------------------------------------------------------------------
-    def finetuned_models(self, backend: str | None = None) -> list[ModelInfo]:
-        """The backend's fine-tuned models, newest first."""
-        backend = backend or self.backend.value
-        if backend is None:
-            return []
-        try:
-            infos = [m for m in list_models(backend) if m.kind == "finetuned"]
-        except (OSError, ValueError) as exc:
-            self.status.value = f"Could not list the {backend} models: {exc}"
-            return []
-        return sorted(infos, key=_created, reverse=True)
-
-    def refresh_versions(self, select: str | None = None) -> None:
-        """List the fine-tuned models again (newest first) and choose ``select`` (default: keep)."""
-        keep = select if select is not None else self.versions.value
-        infos = self.finetuned_models()
-        choices = [(_version_label(m), m.name) for m in infos]
-        self.versions.choices = []  # magicgui keeps surviving items in place: clear to get this order
-        self.versions.choices = choices
-        names = [n for _, n in choices]
-        self.versions.value = keep if keep in names else (names[0] if names else None)
-
     def _notify_model_saved(self, backend: str, name: str) -> None:
         self.refresh_versions(select=name)
         self._update_name_hint()
@@ -702,126 +334,6 @@ class FinetuneWidget(Container):
         if self._worker is not None:
             self._worker.quit()
         self.shutdown_engine()
-
-    # ---- reading the controls --------------------------------------------------------------
-    def _image_array(self, layer: Image, backend: str) -> np.ndarray:
-        arr = np.array(_level0(layer), copy=True)
-        if layer.rgb and backend == "cellpose":
-            arr = select_channel(arr, -1, None)  # luminance: Cellpose fine-tunes on one channel
-        return arr
-
-    def _layer_pairs(
-        self, backend: str
-    ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], tuple[str, ...], list[Labels]]:
-        images, masks, names, used = [], [], [], []
-        rows = self.rows
-        if not rows:
-            raise ValueError("Add a training pair: a corrected labels layer and the image it was drawn on.")
-        for i, row in enumerate(rows, 1):
-            labels, image = row.labels_layer.value, row.image_layer.value
-            if labels is None or image is None:
-                raise ValueError(
-                    f"Training pair {i}: choose a labels layer and its image (or remove the pair with ✕)."
-                )
-            images.append(self._image_array(image, backend))
-            masks.append(np.array(_level0(labels), copy=True))
-            names.append(f"{image.name} / {labels.name}")
-            used.append(labels)
-        return tuple(images), tuple(masks), tuple(names), used
-
-    def _learning_rate(self) -> float | None:
-        text = str(self.learning_rate.value).strip()
-        if not text:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"Learning rate {text!r} is not a number (e.g. 1e-4).") from None
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"The learning rate must be a positive number, got {text}.")
-        return value
-
-    @staticmethod
-    def _folder(edit: FileEdit) -> str | None:
-        text = str(edit.line_edit.value).strip()
-        return text or None
-
-    def request(self) -> FinetuneJob:
-        """The run as a frozen job; checks the pairs here so that errors show at once.
-
-        Raises
-        ------
-        ValueError
-            With a message for the user (bad pairs, missing folders, bad settings).
-        """
-        backend = self.backend.value
-        if backend is None:
-            raise ValueError("No fine-tuning backend is installed (StarDist or Cellpose).")
-        base = (self.base.value or None) if self.base is not None else None
-        patch = int(self.patch_size.value)
-        if patch % 16:
-            raise ValueError(f"The patch size must be a multiple of 16, got {patch}.")
-        max_channels = 1 if backend == "cellpose" else 4
-        common: dict[str, Any] = {
-            "backend": backend,
-            "base_model": base,
-            "name": str(self.model_name.value).strip(),
-            "epochs": int(self.epochs.value),
-            "learning_rate": self._learning_rate(),
-            "steps_per_epoch": int(self.steps_per_epoch.value) if self._has_steps else None,
-            "patch_size": patch,
-            "batch_size": int(self.batch_size.value),
-            "keep_on_cancel": bool(self.keep_best.value),
-        }
-        if self.source.value == "folders":
-            folders = {
-                "images_dir": self._folder(self.images_dir),
-                "masks_dir": self._folder(self.masks_dir),
-                "val_images_dir": self._folder(self.val_images_dir),
-                "val_masks_dir": self._folder(self.val_masks_dir),
-            }
-            if not folders["images_dir"] or not folders["masks_dir"]:
-                raise ValueError("Choose a folder of training images and a folder of their masks.")
-            if bool(folders["val_images_dir"]) != bool(folders["val_masks_dir"]):
-                raise ValueError("For validation, choose both a folder of images and a folder of masks.")
-            for key, folder in folders.items():
-                if folder and not Path(folder).expanduser().is_dir():
-                    raise ValueError(
-                        f"The {key.replace('_dir', '').replace('_', ' ')} folder {folder} does not exist."
-                    )
-            self._training_layers = set()
-            return FinetuneJob(FinetuneRequest(images=(), masks=(), **common), **folders)
-
-        images, masks, names, used = self._layer_pairs(backend)
-        check_training_pairs(images, masks, names, min_side=patch, max_channels=max_channels)
-        val_images: tuple[np.ndarray, ...] = ()
-        val_masks: tuple[np.ndarray, ...] = ()
-        val_labels, val_image = self.val_labels.value, self.val_image.value
-        if val_labels is not None:
-            if val_image is None:
-                raise ValueError(f"Choose the image of the validation labels {val_labels.name!r}.")
-            if any(val_labels is lab for lab in used):
-                raise ValueError(
-                    f"The validation labels {val_labels.name!r} are also a training pair: validate on an "
-                    "image the model does not train on (or choose no validation)."
-                )
-            val_images = (self._image_array(val_image, backend),)
-            val_masks = (np.array(_level0(val_labels), copy=True),)
-            check_training_pairs(
-                val_images, val_masks, [val_image.name], what="validation", max_channels=max_channels
-            )
-            used = [*used, val_labels]
-        self._training_layers = {str(lab.unique_id) for lab in used}
-        return FinetuneJob(
-            FinetuneRequest(
-                images=images,
-                masks=masks,
-                image_names=names,
-                val_images=val_images,
-                val_masks=val_masks,
-                **common,
-            )
-        )
 
     # ---- actions -----------------------------------------------------------------------------
     def _should_cancel(self) -> bool:
@@ -1013,48 +525,6 @@ class FinetuneWidget(Container):
             sps = f" · {self._sps:.2f} s/step" if self._sps is not None and "s/step" not in p.message else ""
             self.status.value = p.message + sps
 
-    def _time_left(self, p: TrainProgress) -> float | None:
-        done = [(t, e) for t, e in self._t_epochs if e > 0]
-        if len(done) < 2 or p.epochs <= p.epoch:
-            return None
-        (t0, e0), (t1, e1) = done[0], done[-1]
-        return (t1 - t0) / (e1 - e0) * (p.epochs - p.epoch) if e1 > e0 else None
-
-    def _record(self, p: TrainProgress) -> None:
-        for key in ("loss", "val_loss", "val_ap50"):
-            value = p.metrics.get(key)
-            if value is not None and math.isfinite(float(value)):
-                self.history.setdefault(key, []).append((int(p.epoch), float(value)))
-        self._draw_plot()
-
-    def _style_plot(self) -> None:
-        self.ax.set_xlabel("epoch")
-        self.ax.set_ylabel("loss")
-        self.ax_ap.set_ylabel("validation AP@0.5")
-        self.ax_ap.set_ylim(0.0, 1.0)
-        handles = [self.loss_line, self.val_loss_line, self.ap_line]
-        self.ax.legend(handles=handles, loc="upper right", fontsize="small", frameon=False)
-
-    def _clear_plot(self) -> None:
-        self.history = {}
-        self._draw_plot()
-
-    def _draw_plot(self) -> None:
-        for key, line in (
-            ("loss", self.loss_line),
-            ("val_loss", self.val_loss_line),
-            ("val_ap50", self.ap_line),
-        ):
-            pts = self.history.get(key, [])
-            line.set_data([e for e, _ in pts], [v for _, v in pts])
-        self.ax.relim()
-        self.ax.autoscale_view()
-        self.ax_ap.set_ylim(0.0, 1.0)
-        epochs = [e for pts in self.history.values() for e, _ in pts]
-        if epochs:
-            self.ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-        self.canvas.draw_idle()
-
     def _on_trained(self, result: FinetuneResult) -> None:
         self.result = result
         self.progress.value = 1000
@@ -1108,45 +578,3 @@ class FinetuneWidget(Container):
         self._apply_stopped = True
         self.progress.value = 0
         self.status.value = f"Cancelled after {self._apply_done} of {self._apply_total} image(s); the others keep their labels."
-
-
-class _UndockWatcher(QObject):
-    """Calls :meth:`FinetuneWidget.close_widget` when the widget leaves its dock (the dock was closed)."""
-
-    def __init__(self, widget: FinetuneWidget) -> None:
-        super().__init__()
-        self._widget = widget
-        self._docked = False
-
-    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
-        if event.type() == QEvent.Type.ParentChange:
-            docked = obj.parent() is not None
-            if self._docked and not docked:
-                self._widget.close_widget()
-            self._docked = docked
-        return False
-
-
-def _closer(
-    engines: dict[str, EngineProcess], owned: set[str], widget: FinetuneWidget
-) -> Callable[..., None]:
-    """A slot for the dock's ``destroyed`` signal: cancel the job, stop the engines this widget started.
-
-    It holds no Qt object: by the time it runs the widget's Qt side is gone.
-    """
-    import weakref
-
-    ref = weakref.ref(widget)
-
-    def close(*_args: Any) -> None:
-        w = ref()
-        if w is not None:
-            w._apply_queue.clear()
-            worker = w._worker
-            if worker is not None:
-                with contextlib.suppress(RuntimeError):
-                    worker.quit()
-        for backend in list(owned):
-            engines[backend].shutdown()
-
-    return close
