@@ -328,6 +328,8 @@ def test_classify_trains_from_annotated_cells_and_applies_to_tables(tmp_path, ca
     # bad input says what to do
     assert main(["classify", "--out", str(out)]) == 2
     assert "Give --classifier FILE" in capsys.readouterr().err
+    assert main(["classify", "--train", str(tmp_path / "missing.csv"), "--out", str(clf)]) == 2
+    assert "No such table of annotated cells" in capsys.readouterr().err
     assert main([*argv[:3], "--class-column", "phenotype", "--out", str(clf)]) == 2
     assert "no column 'phenotype'" in capsys.readouterr().err
     wrong = tmp_path / "wrong"

@@ -504,7 +504,12 @@ def _classify_train(args: argparse.Namespace) -> int:
     from .core.progress import run
     from .io.tables import read_table
 
-    table = read_table(args.train)
+    try:
+        table = read_table(args.train)
+    except FileNotFoundError:
+        raise CLIError(f"No such table of annotated cells: {args.train}") from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"Cannot read {args.train}: {exc}") from None
     if args.class_column not in table.columns:
         raise CLIError(
             f"{args.train} has no column {args.class_column!r}; name the column holding each cell's "
