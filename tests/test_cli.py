@@ -381,11 +381,21 @@ def test_classify_images_segments_measures_and_classifies_them(tmp_path, capsys)
     cells["size"] = np.where(cells["area"] > cells["area"].median(), "large", "small")
     cells.iloc[::3].to_csv(tmp_path / "annotated.csv", index=False)  # a third of the cells annotated
     clf = tmp_path / "size.phenotyper.zip"
-    argv = ["classify", "--train", str(tmp_path / "annotated.csv"), "--class-column", "size", "--out", str(clf)]
+    argv = [
+        "classify",
+        "--train",
+        str(tmp_path / "annotated.csv"),
+        "--class-column",
+        "size",
+        "--out",
+        str(clf),
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     out = tmp_path / "out"
-    assert main(["classify", "--classifier", str(clf), "--sample", "nuclei", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["classify", "--classifier", str(clf), "--sample", "nuclei", "--out", str(out), "--quiet"]) == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"RESULT n_tables=1 n_failed=0 n_cells={len(cells)}"
     got = pd.read_csv(out / "sample_nuclei_classified.csv")
