@@ -1,6 +1,8 @@
 """The "Batch" dock widget: build a pipeline, run it in a real thread, cancel, see profiles."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -170,3 +172,40 @@ def test_progress_reaches_the_dock_at_most_ten_times_a_second_and_the_last_alway
     assert got[-1] == 500
     qtbot.wait(250)
     assert got == [0, 499, 500]  # nothing delivered twice
+
+
+def test_batch_takes_the_classifier_taught_in_the_phenotypes_dock(make_napari_viewer, qtbot, tmp_path):
+    """Teach in the Phenotypes dock, then run the plate with it: *From Phenotypes* saves the
+    session's classifier under NAPARI_PHENOTYPER_HOME and chooses it."""
+    from cellgrid import grid_cells
+
+    from napari_phenotyper._napari.layers import upsert_labels
+    from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
+    from napari_phenotyper.core.features import compute_features
+    from napari_phenotyper.io.classifier_io import load_classifier
+
+    viewer = make_napari_viewer()
+    batch = BatchWidget(viewer)
+    viewer.window.add_dock_widget(batch)
+    batch.from_phenotypes.changed.emit(True)  # no Phenotypes dock yet: says what to do
+    assert "Open the Phenotypes dock" in batch.status.value and batch.classifier.value is None
+    image, labels, kinds = grid_cells(4, 4, 30, 0)
+    img = viewer.add_image(image, name="cells")
+    lab = upsert_labels(viewer, img, labels, compute_features(labels, {"image": image}), {"backend": "test"})
+    pheno = PhenotypeWidget(viewer, session_path=tmp_path / "session.json")
+    pheno.auto.setChecked(False)
+    viewer.window.add_dock_widget(pheno)
+    pheno.add_class("small")
+    pheno.add_class("big")
+    batch.from_phenotypes.changed.emit(True)
+    assert "No classifier to use yet" in batch.status.value  # nothing annotated
+    for cell in (1, 2, 3, 4):
+        pheno.annotate(lab, cell, kinds[cell])
+    batch.from_phenotypes.changed.emit(True)
+    chosen = batch.classifier.value
+    assert chosen is not None and chosen.is_file()
+    home = os.environ.get("NAPARI_PHENOTYPER_HOME") or str(Path.home() / ".napari-phenotyper")
+    assert chosen.parent == Path(home) / "classifiers"  # the test session's empty home
+    loaded = load_classifier(chosen)
+    assert sorted(loaded.classes) == ["big", "small"] and len(loaded.y) == 4
+    pheno.close_session()

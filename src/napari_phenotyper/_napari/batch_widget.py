@@ -31,6 +31,7 @@ from qtpy.QtCore import QSortFilterProxyModel, Qt
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QLabel, QTableView, QVBoxLayout, QWidget
 
 from ..core.batch import BatchOptions, BatchRequest, BatchResult, iter_run_batch
+from ..core.classify.session import default_classifier_path
 from ..core.features import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS
 from ..core.pipeline_spec import FileRef, PipelineSpec
 from ..core.progress import Progress
@@ -153,6 +154,10 @@ class BatchWidget(Container):
             nullable=True,
             tooltip="Saved classifier or regressor applied to every cell (optional)",
         )
+        self.from_phenotypes = PushButton(
+            text="From Phenotypes",
+            tooltip="Use the classifier you are teaching in the Phenotypes dock (saved as a file for the run)",
+        )
         # ---- the images
         self.inputs = LineEdit(
             label="images",
@@ -202,7 +207,7 @@ class BatchWidget(Container):
                 self.channel,
                 groups_box,
                 self.feature_set,
-                self.classifier,
+                Container(widgets=[self.classifier, self.from_phenotypes], layout="horizontal"),
                 Container(widgets=[self.inputs, self.browse_inputs], layout="horizontal"),
                 self.layout_regex,
                 self.layout_csv,
@@ -225,6 +230,7 @@ class BatchWidget(Container):
         self.save_button.changed.connect(lambda: self.save_pipeline())
         self.from_segment.changed.connect(lambda: self.copy_from_segment_widget())
         self.browse_inputs.changed.connect(self._browse_inputs)
+        self.from_phenotypes.changed.connect(lambda: self.classifier_from_phenotypes())
         self.auto_diameter.changed.connect(self._sync_diameter)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -344,6 +350,28 @@ class BatchWidget(Container):
             if isinstance(widget, SegmentWidget):
                 return widget
         return None
+
+    def classifier_from_phenotypes(self) -> Path | None:
+        """Save the classifier being taught in this viewer's Phenotypes dock (its session's
+        annotations and settings, pickle-free) under ``$NAPARI_PHENOTYPER_HOME/classifiers``
+        and choose it for the run; returns the file (``None``, with the reason shown, when
+        there is none yet)."""
+        from .phenotype_widget import find_phenotypes
+
+        pheno = find_phenotypes(self.viewer)
+        if pheno is None:
+            self.status.value = "Open the Phenotypes dock and annotate cells first."
+            return None
+        path = default_classifier_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            saved = pheno.session.save_classifier(path)
+        except (OSError, ValueError) as exc:
+            self.status.value = f"No classifier to use yet: {exc}"
+            return None
+        self.classifier.value = saved
+        self.status.value = f"Classifier of the Phenotypes dock saved to {saved} and chosen for the run."
+        return saved
 
     def copy_from_segment_widget(self) -> bool:
         """Fill the form from the docked "Segment & measure" widget, if there is one."""

@@ -30,7 +30,7 @@ from ..core.classify.engine import Proposal, TrainResult
 from ..core.classify.session import LIVE_TREES, PhenotypingSession, default_session_path
 from .docking import scroll_body, settle_when_docked
 from .feedback import AnnotationFlash, KeyHelp
-from .layers import cell_world_position, fly_to_cell
+from .layers import cell_world_position, docked_widgets, fly_to_cell
 from .params_form import compact_widths
 from .phenotype_controls import DISPLAY_MODES, PhenotypeControls
 from .phenotype_layers import LayerBridge, layer_key
@@ -41,7 +41,7 @@ from .workers import drive, start_job, user_message
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DISPLAY_MODES", "PhenotypeWidget", "default_session_path", "layer_key"]
+__all__ = ["DISPLAY_MODES", "PhenotypeWidget", "default_session_path", "find_phenotypes", "layer_key"]
 
 #: Milliseconds between the last annotation and the start of a retrain.
 DEBOUNCE_MS = 150
@@ -52,6 +52,12 @@ UNDO_KEYS = ("Control-Z", "Control-Shift-Z", "Control-Y")
 #: A segmentation run that would lose more annotations than this asks first.
 ASK_WHEN_LOSING = 3
 _PAINT_MODES = ("paint", "erase", "fill", "polygon")
+
+
+def find_phenotypes(viewer: Any) -> PhenotypeWidget | None:
+    """The Phenotypes dock docked in ``viewer``'s window (its ``session`` is the viewer's
+    phenotyping session), or ``None``: the other docks find the session this way."""
+    return next((w for w in docked_widgets(viewer) if isinstance(w, PhenotypeWidget)), None)
 
 
 class PhenotypeWidget(PhenotypeControls):

@@ -44,7 +44,7 @@ from ..core.progress import run
 from .docking import settle_when_docked
 from .layers import source_of, table_of
 from .params_form import compact_widths
-from .phenotype_widget import PhenotypeWidget
+from .phenotype_widget import PhenotypeWidget, find_phenotypes
 from .selection import SELECTION_ROLE, find_selection_layer, update_selection_layer
 from .workers import start_job, user_message
 
@@ -138,16 +138,7 @@ class PlotsWidget(PlotsControls, ScatterView, QualityFigures):
     # ---- the Phenotypes dock -------------------------------------------------------
     def phenotypes(self) -> PhenotypeWidget | None:
         """The Phenotypes dock: the one given to the constructor, else the one docked."""
-        if self._phenotypes is not None:
-            return self._phenotypes
-        window = getattr(self.viewer, "window", None)
-        docks = getattr(window, "dock_widgets", None)  # recent napari: the inner widgets
-        if docks is None:  # older napari: the dock wrappers
-            docks = {k: d.widget() for k, d in getattr(window, "_dock_widgets", {}).items()}
-        for widget in list(docks.values()):
-            if isinstance(widget, PhenotypeWidget):
-                return widget
-        return None
+        return self._phenotypes if self._phenotypes is not None else find_phenotypes(self.viewer)
 
     def class_colors(self) -> dict[str, str]:
         """Class name -> colour, from the Phenotypes dock (empty without it)."""

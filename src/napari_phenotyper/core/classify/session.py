@@ -49,7 +49,15 @@ from .model import CLASSIFIERS, FEATURE_GROUP_NAMES, ClassifierSettings
 from .query import STRATEGIES
 from .transfer import TransferResult, transfer_annotations
 
-__all__ = ["TASKS", "ImageEntry", "LoopSettings", "PhenotypingSession", "SessionEvents"]
+__all__ = [
+    "TASKS",
+    "ImageEntry",
+    "LoopSettings",
+    "PhenotypingSession",
+    "SessionEvents",
+    "default_classifier_path",
+    "default_session_path",
+]
 
 TASKS = ("classification", "regression")
 #: Trees of the random forest of a live pass (the full forest follows after a pause).
@@ -202,14 +210,26 @@ class ImageEntry:
         )
 
 
+def _home() -> Path:
+    return Path(os.environ.get("NAPARI_PHENOTYPER_HOME") or Path.home() / ".napari-phenotyper")
+
+
+def _stamp() -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
 def default_session_path() -> Path:
     """Where a new session is autosaved: ``$NAPARI_PHENOTYPER_HOME/sessions`` (default
     ``~/.napari-phenotyper/sessions``), one file per session, named by its start time."""
-    from datetime import datetime
+    return _home() / "sessions" / f"session-{_stamp()}.json"
 
-    home = Path(os.environ.get("NAPARI_PHENOTYPER_HOME") or Path.home() / ".napari-phenotyper")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return home / "sessions" / f"session-{stamp}.json"
+
+def default_classifier_path() -> Path:
+    """Where a classifier taken from a session for a batch run is saved:
+    ``$NAPARI_PHENOTYPER_HOME/classifiers`` (default ``~/.napari-phenotyper/classifiers``)."""
+    return _home() / "classifiers" / f"session-{_stamp()}.phenotyper.zip"
 
 
 class PhenotypingSession:
