@@ -140,6 +140,12 @@ def warm_up_labels(dtype: Any = np.uint32) -> None:
             colormap=DirectLabelColormap(color_dict={None: [0, 0, 0, 0], 0: [0, 0, 0, 0], 1: [1, 0, 0, 1]}),
         )  # the phenotype view's direct colour map
         direct.colormap._data_to_texture((data % 8).astype(np.uint8))
+        # ...and its ramp (value and uncertainty modes: 255 colours, another numba kernel,
+        # ~0.5 s to compile, which froze the GUI on the first switch to values)
+        from .phenotype_view import view_colormap
+
+        ramp = Labels((data % 255).astype(np.uint8), colormap=view_colormap([], "value"))
+        ramp.colormap._data_to_texture((data % 255).astype(np.uint8))
         # vispy's line visuals (napari's layer overlays) build their dash patterns in
         # Python on first use, ~80 ms; the patterns are cached for the process
         from vispy.visuals.line.dash_atlas import DashAtlas
