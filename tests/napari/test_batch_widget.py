@@ -1,8 +1,6 @@
 """The "Batch" dock widget: build a pipeline, run it in a real thread, cancel, see profiles."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -174,9 +172,13 @@ def test_progress_reaches_the_dock_at_most_ten_times_a_second_and_the_last_alway
     assert got == [0, 499, 500]  # nothing delivered twice
 
 
-def test_batch_takes_the_classifier_taught_in_the_phenotypes_dock(make_napari_viewer, qtbot, tmp_path):
+def test_batch_takes_the_classifier_taught_in_the_phenotypes_dock(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
     """Teach in the Phenotypes dock, then run the plate with it: *From Phenotypes* saves the
     session's classifier under NAPARI_PHENOTYPER_HOME and chooses it."""
+    home = tmp_path / "home"  # not the session's fresh home: the tutorial test finds that empty
+    monkeypatch.setenv("NAPARI_PHENOTYPER_HOME", str(home))
     from cellgrid import grid_cells
 
     from napari_phenotyper._napari.layers import upsert_labels
@@ -204,8 +206,7 @@ def test_batch_takes_the_classifier_taught_in_the_phenotypes_dock(make_napari_vi
     batch.from_phenotypes.changed.emit(True)
     chosen = batch.classifier.value
     assert chosen is not None and chosen.is_file()
-    home = os.environ.get("NAPARI_PHENOTYPER_HOME") or str(Path.home() / ".napari-phenotyper")
-    assert chosen.parent == Path(home) / "classifiers"  # the test session's empty home
+    assert chosen.parent == home / "classifiers"
     loaded = load_classifier(chosen)
     assert sorted(loaded.classes) == ["big", "small"] and len(loaded.y) == 4
     pheno.close_session()
