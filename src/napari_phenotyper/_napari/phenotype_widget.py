@@ -278,12 +278,6 @@ class PhenotypeWidget(PhenotypeControls):
     def proposals(self, k: int = 1, diverse: bool = False) -> list[Proposal]:
         return self.session.proposals(k, diverse)
 
-    def clear_derived(self, why: str = "") -> None:
-        self.session.clear_derived(why)
-
-    def clear_proposal(self) -> None:
-        self.session.clear_proposal()
-
     # ---- classes -------------------------------------------------------------------------
     def add_class(self, name: str, color: str | None = None) -> None:
         self.session.add_class(name, color)
@@ -440,10 +434,6 @@ class PhenotypeWidget(PhenotypeControls):
         if self.auto.isChecked():
             self._timer.start()
 
-    def ready_to_train(self) -> str | None:
-        """Why training cannot start yet (``None`` when it can)."""
-        return self.session.ready_to_train()
-
     def retrain(self, full: bool = False) -> None:
         """Train on the annotations and predict every cell (in a thread).
 
@@ -470,6 +460,7 @@ class PhenotypeWidget(PhenotypeControls):
             on_returned=self._on_trained,
             on_errored=self._on_train_error,
             on_finished=self._on_train_finished,
+            on_aborted=lambda: None,  # only closing the dock stops a retrain
             title="Training",
         )
 
@@ -514,6 +505,7 @@ class PhenotypeWidget(PhenotypeControls):
                 f"Cross-validation failed: {user_message(exc)}"
             ),
             on_finished=self._on_quality_finished,
+            on_aborted=lambda: None,
             title="Cross-validation",
         )
 
@@ -580,9 +572,14 @@ class PhenotypeWidget(PhenotypeControls):
 
     # ---- teardown --------------------------------------------------------------------------
     def close_session(self) -> None:
-        """Stop the timers, unbind our keys and callbacks (called when the dock closes)."""
+        """Stop the timers and the running retrain or cross-validation (at its next step),
+        unbind our keys and callbacks (called when the dock closes)."""
         for timer in (self._timer, self._refine_timer, self._quality_timer):
             timer.stop()
+        self._pending = self._quality_pending = False
+        for worker in (self._worker, self._quality_worker):
+            if worker is not None:
+                worker.quit()
         self.flash.close()
         self.auto.setChecked(False)
         for owner in self._bound:
