@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from cellgrid import grid_cells
 from napari_phenotyper.core.classify.session import LoopSettings, PhenotypingSession
 from napari_phenotyper.core.features import compute_features
 from napari_phenotyper.core.progress import run
@@ -16,24 +17,9 @@ from napari_phenotyper.core.progress import run
 ROWS, COLS, STEP = 6, 8, 30
 
 
-def grid(seed=0, rows=ROWS, cols=COLS):
+def grid(seed=0):
     """Chessboard of 'big' dim and 'small' bright disks; returns image, labels, kinds."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: rows * STEP, : cols * STEP]
-    labels = np.zeros(yy.shape, np.int32)
-    image = np.zeros(yy.shape, np.float32)
-    kinds = {}
-    lab = 0
-    for r in range(rows):
-        for c in range(cols):
-            lab += 1
-            big = (r + c) % 2 == 0
-            rad = (10 if big else 5) + rng.integers(0, 2)
-            disk = (yy - (r * STEP + STEP // 2)) ** 2 + (xx - (c * STEP + STEP // 2)) ** 2 <= rad * rad
-            labels[disk] = lab
-            image[disk] = (60 if big else 200) + rng.normal(0, 5, disk.sum())
-            kinds[lab] = "big" if big else "small"
-    return image, labels, kinds
+    return grid_cells(ROWS, COLS, STEP, seed)
 
 
 class Recorder:
