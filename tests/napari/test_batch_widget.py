@@ -180,7 +180,6 @@ def test_batch_takes_the_classifier_taught_in_the_phenotypes_dock(
     home = tmp_path / "home"  # not the session's fresh home: the tutorial test finds that empty
     monkeypatch.setenv("NAPARI_PHENOTYPER_HOME", str(home))
     from cellgrid import grid_cells
-
     from napari_phenotyper._napari.layers import upsert_labels
     from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
     from napari_phenotyper.core.features import compute_features

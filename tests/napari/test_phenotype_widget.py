@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from cellgrid import grid_cells
 from qtpy.QtGui import QColor
 
+from cellgrid import grid_cells
 from napari_phenotyper._napari.feedback import FLASH_MS, help_without_keys
 from napari_phenotyper._napari.layers import camera, upsert_labels
 from napari_phenotyper._napari.phenotype_view import find_view

@@ -13,10 +13,10 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from cellgrid import grid_cells
 from matplotlib.backend_bases import MouseButton, MouseEvent
 from matplotlib.colors import to_hex
 
+from cellgrid import grid_cells
 from napari_phenotyper._napari import plots_widget as pw
 from napari_phenotyper._napari.layers import camera, upsert_labels
 from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
