@@ -22,14 +22,14 @@ from qtpy.QtWidgets import QWidget
 
 from .layers import camera as camera_of
 
-__all__ = ["FLASH_MS", "AnnotationFlash", "KeyHelp", "help_without_keys"]
+__all__ = ["FLASH_MS", "AnnotationFlash", "KeyHelp", "canvas_widget", "help_without_keys"]
 
 #: How long the flash and the canvas line stay (ms).
 FLASH_MS = 700
 _CLEARED_COLOR = "#B0B0B0"
 
 
-def _canvas_widget(host: QWidget | None) -> QWidget | None:
+def canvas_widget(host: QWidget | None) -> QWidget | None:
     """napari's canvas as a Qt widget: the largest OpenGL widget in ``host``'s window.
 
     Found through Qt, not through napari's private ``_qt_viewer`` (which napari warns
@@ -113,7 +113,7 @@ class AnnotationFlash:
                 self._overlay.isVisible()
                 return self._overlay
             self._overlay = None
-        canvas = _canvas_widget(self.host)
+        canvas = canvas_widget(self.host)
         if canvas is None:
             return None
         self._overlay = _Overlay(canvas)
@@ -121,7 +121,7 @@ class AnnotationFlash:
 
     def _screen(self, world: np.ndarray, size: float) -> tuple[float, float, float] | None:
         """Where ``world`` (y, x) is on the canvas, in widget pixels (2D views only)."""
-        canvas = self._overlay.parentWidget() if self._overlay is not None else _canvas_widget(self.host)
+        canvas = self._overlay.parentWidget() if self._overlay is not None else canvas_widget(self.host)
         dims = getattr(self.viewer, "dims", None)
         if canvas is None or (dims is not None and int(getattr(dims, "ndisplay", 2)) != 2):
             return None

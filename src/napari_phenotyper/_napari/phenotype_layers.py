@@ -6,18 +6,26 @@ a painted or re-segmented one is relabelled in the session (its annotations move
 closed one leaves. The other way, it writes the session's ``pheno_*`` columns into each
 layer's ``features`` and paints the phenotype view and the lost-annotation marks.
 It holds no phenotyping state of its own: only which layer shows which image key.
+
+A closed layer is let go only after the canvas has drawn a frame without it. Removing
+our view layer, or changing the dock, inside napari's own handling of a removal made
+the next frame crash in Mesa's ``glDrawArrays`` (napari 0.9, llvmpipe): annotate a few
+cells, close the segmentation, and napari died.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from napari.layers import Labels
+from qtpy.QtCore import QTimer
 
 from ..core.classify.session import PhenotypingSession
+from .feedback import canvas_widget
 from .layers import features_for_layer, source_of, table_of
 from .lost_view import find_lost_layer, update_lost_layer
 from .phenotype_view import VIEW_ROLE, find_view, update_view
@@ -51,9 +59,15 @@ class LayerBridge:
         Called with each labels layer the bridge starts watching (to bind keys on it).
     on_forget : callable, optional
         Called with each labels layer that left the viewer.
+    host : QWidget, optional
+        A widget in napari's window (the dock): how the canvas is found, to let go of a
+        closed layer after the canvas's next frame (else after :data:`SETTLE_MS`).
 
     Call :meth:`sync` once to take the layers already in the viewer.
     """
+
+    #: Longest wait after a layer closes before the session lets it go (no frame came).
+    SETTLE_MS = 250
 
     def __init__(
         self,
@@ -62,6 +76,7 @@ class LayerBridge:
         display: Callable[[], tuple[str, tuple[float, float] | None]],
         on_layer: Callable[[Labels], None] | None = None,
         on_forget: Callable[[Labels], None] | None = None,
+        host: Any = None,
     ) -> None:
         self.viewer = viewer
         self.session = session
@@ -72,13 +87,48 @@ class LayerBridge:
         self._keys: dict[int, str] = {}  # layer id -> image key (while in the session)
         self._bases: dict[str, pd.DataFrame] = {}  # key -> features with napari's index column
         self._writing = False
+        self._host = host
+        self._canvas: Any = None  # the canvas whose next frame we wait for
+        self._settle = QTimer(host)  # dies with the dock: nothing fires into a deleted dock
+        self._settle.setSingleShot(True)
+        self._settle.setInterval(self.SETTLE_MS)
+        self._settle.timeout.connect(self._settled)
         viewer.layers.events.inserted.connect(self.sync)
-        viewer.layers.events.removed.connect(self.sync)
+        viewer.layers.events.removed.connect(self._on_removed)
+
+    def _on_removed(self, _event: Any = None) -> None:
+        """A layer closed: let it go once the canvas has drawn without it (module doc)."""
+        try:
+            if self._settle.isActive():
+                return
+            self._settle.start()
+        except RuntimeError:  # the dock (and its timer) was deleted: nothing to update
+            return
+        canvas = canvas_widget(self._host)
+        if canvas is not None and hasattr(canvas, "frameSwapped"):
+            canvas.frameSwapped.connect(self._settled)
+            self._canvas = canvas
+
+    def _settled(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._settle.stop()
+        if self._canvas is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                self._canvas.frameSwapped.disconnect(self._settled)
+            self._canvas = None
+        self.sync()
+
+    def settle(self) -> None:
+        """Let closed layers go now (tests and scripts that cannot wait for a frame)."""
+        with contextlib.suppress(RuntimeError):
+            if self._settle.isActive():
+                self._settled()
 
     # ---- which layer is which image ----------------------------------------------------
     def layers(self) -> list[Labels]:
-        """The labels layers in the session (measured, not our views)."""
-        return [self._watched[lid] for lid in self._keys if lid in self._watched]
+        """The labels layers in the session (measured, not our views), still in the viewer."""
+        present = {id(layer) for layer in self.viewer.layers}
+        return [self._watched[lid] for lid in self._keys if lid in self._watched and lid in present]
 
     def key_of(self, layer: Labels) -> str:
         """The session key of ``layer`` (the key it would get when it is not in yet)."""
@@ -91,9 +141,12 @@ class LayerBridge:
         return key if key not in taken else f"{key}#{layer.name}"
 
     def layer_of(self, key: str) -> Labels | None:
+        """The layer showing image ``key``; ``None`` once it left the viewer (even while
+        the session has not let it go yet)."""
         for lid, k in self._keys.items():
             if k == key:
-                return self._watched.get(lid)
+                layer = self._watched.get(lid)
+                return layer if layer is not None and layer in self.viewer.layers else None
         return None
 
     def in_session(self, layer: Labels) -> bool:
@@ -240,8 +293,14 @@ class LayerBridge:
 
     def close(self) -> None:
         """Stop watching the viewer."""
-        for signal in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            signal.disconnect(self.sync)
+        self.viewer.layers.events.inserted.disconnect(self.sync)
+        self.viewer.layers.events.removed.disconnect(self._on_removed)
+        with contextlib.suppress(RuntimeError):
+            self._settle.stop()
+        if self._canvas is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                self._canvas.frameSwapped.disconnect(self._settled)
+            self._canvas = None
         for layer in self._watched.values():
             self._unwatch(layer)
         self._watched.clear()

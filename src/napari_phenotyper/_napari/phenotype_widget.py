@@ -97,6 +97,7 @@ class PhenotypeWidget(PhenotypeControls):
             self.display_mode,
             on_layer=self._bind_keys,
             on_forget=self.key_help.forget,
+            host=self,
         )
         self.bridge.sync()
         self.show_classes()
