@@ -151,7 +151,7 @@ k-means 5x (12), soft, C 0.3 / C 0.03                   62/64   0.856   0.813
 (Rows with two figures give the first variant's on the upper line.) Measured after
 every answer instead of every page (the same pages, the model refitted after each
 label, as the session's live pass does), the chosen workflow reaches the target at 55
-labels on these seeds (0.33): most of the gap to 0.33 is the page granularity.
+labels on these seeds (55 / 174 = 0.32): most of the gap to 0.33 is the page granularity.
 
 So the gain comes mostly from the learner (a linear model generalises from tens of
 labels over 238 features far better than a forest) and from spreading each page with
