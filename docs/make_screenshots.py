@@ -8,6 +8,8 @@ plots) through the same widgets, then saves the whole window as a PNG:
   proposed cell;
 - ``plots.png``: the *Plots* dock, PCA of every cell coloured by predicted class, with a lasso
   selection outlined in the plot and its cells outlined in the viewer;
+- ``gallery.png``: the *Gallery* dock reviewing the cells predicted "regular", most uncertain
+  first, one answered "large" and two selected;
 - ``finetune.png``: the *Fine-tune* dock after a short StarDist training on the sample (the
   labels as the corrected mask, the ground truth as the validation pair), with its loss and
   validation AP@0.5 plot. Without StarDist installed, the dock is shown filled in, untrained.
@@ -40,13 +42,14 @@ import numpy as np
 from qtpy.QtWidgets import QApplication
 
 import napari
+from napari_phenotyper._napari.gallery_widget import GalleryWidget
 from napari_phenotyper._napari.layers import camera, find_result_layer
 from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
 from napari_phenotyper._napari.plots_widget import PlotsWidget
 from napari_phenotyper._napari.sample_data import nuclei_sample
 from napari_phenotyper._napari.table_widget import FeatureTableWidget
 
-IMAGES = ("segment-measure.png", "phenotypes.png", "plots.png", "finetune.png")
+IMAGES = ("segment-measure.png", "phenotypes.png", "plots.png", "gallery.png", "finetune.png")
 WINDOW_SIZE = (1600, 1000)
 CLASSES = (("regular", "#0072B2"), ("large", "#E69F00"), ("irregular", "#D55E00"))
 
@@ -186,6 +189,26 @@ def plots(viewer: napari.Viewer, labels, pheno: PhenotypeWidget, out: Path) -> P
     return widget
 
 
+def gallery(viewer: napari.Viewer, pheno: PhenotypeWidget, out: Path) -> GalleryWidget:
+    """The Gallery dock: review the cells predicted "regular", most uncertain first;
+    answer one with the "large" key, select two more."""
+    widget = GalleryWidget(viewer, phenotypes=pheno)
+    viewer.window.add_dock_widget(widget, name="Gallery (napari-phenotyper)", area="right", tabify=True)
+    widget.source.setCurrentIndex(widget.source.findData("predicted"))
+    widget.cls.setCurrentText("regular")
+    widget.size.setValue(80)
+    widget.per_page.setValue(12)
+    tiles = widget.show_page()
+    if len(tiles) < 4:  # few cells predicted "regular": show the unannotated cells instead
+        widget.source.setCurrentIndex(widget.source.findData("unannotated"))
+        tiles = widget.show_page()
+    widget.select([0])
+    widget.answer(2)  # "large": its frame turns orange
+    widget.select([1, 2])
+    _save(viewer, out / "gallery.png")
+    return widget
+
+
 def finetune(viewer: napari.Viewer, labels, out: Path, base: str = "") -> None:
     """The Fine-tune dock: a few StarDist epochs on the sample, with the live plot.
 
@@ -245,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         pheno = phenotypes(viewer, labels, Path(tmp) / "session.json", out)
         widget = plots(viewer, labels, pheno, out)
         widget.close_widget()
+        gal = gallery(viewer, pheno, out)
+        gal.close()
         pheno.close_session()
         _wait(lambda: pheno._worker is None and pheno._quality_worker is None)
         os.environ["NAPARI_PHENOTYPER_MODELS"] = str(Path(tmp) / "models")  # the engine inherits it

@@ -107,13 +107,23 @@ class AnnotationFlash:
             camera.events.center.connect(self._on_camera)
             camera.events.zoom.connect(self._on_camera)
 
+    def _find_canvas(self) -> QWidget | None:
+        """napari's canvas (looked up once: a search of the window's widgets costs ~4 ms)."""
+        canvas = getattr(self, "_canvas", None)
+        if canvas is not None:
+            with contextlib.suppress(RuntimeError):  # deleted with its window
+                canvas.isHidden()
+                return canvas
+        self._canvas = canvas_widget(self.host)
+        return self._canvas
+
     def _get_overlay(self) -> _Overlay | None:
         if self._overlay is not None:
             with contextlib.suppress(RuntimeError):  # its canvas was deleted
                 self._overlay.isVisible()
                 return self._overlay
             self._overlay = None
-        canvas = canvas_widget(self.host)
+        canvas = self._find_canvas()
         if canvas is None:
             return None
         self._overlay = _Overlay(canvas)
@@ -121,7 +131,7 @@ class AnnotationFlash:
 
     def _screen(self, world: np.ndarray, size: float) -> tuple[float, float, float] | None:
         """Where ``world`` (y, x) is on the canvas, in widget pixels (2D views only)."""
-        canvas = self._overlay.parentWidget() if self._overlay is not None else canvas_widget(self.host)
+        canvas = self._overlay.parentWidget() if self._overlay is not None else self._find_canvas()
         dims = getattr(self.viewer, "dims", None)
         if canvas is None or (dims is not None and int(getattr(dims, "ndisplay", 2)) != 2):
             return None

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .classify.workflow import POOL_FACTOR
+
 __all__ = ["ORDERS", "SOURCES", "Channel", "Tile", "crop_box", "page_tiles", "thumbnail"]
 
 #: Where a page's cells come from (key -> what the gallery calls it).
@@ -126,7 +128,8 @@ def page_tiles(
     skip = {(str(k), int(lab)) for k, lab in exclude}
     rng = np.random.default_rng(seed + len(skip))
     if source == "proposals":
-        found = session.proposals(page_size + len(skip), diverse=True)
+        # a page is the workflow's unit: its pool (the benchmark's winner, see workflow.py)
+        found = session.proposals(page_size + len(skip), diverse=True, pool_factor=POOL_FACTOR)
         out = [
             Tile(p.image, int(p.label), f"→ {p.predicted}" if p.predicted else "")
             for p in found

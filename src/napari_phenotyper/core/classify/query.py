@@ -96,11 +96,14 @@ def _check_proba(proba: ArrayLike) -> NDArray[np.float64]:
     return p
 
 
-def _check_features(X: ArrayLike | None, n_cells: int, who: str) -> NDArray[np.float64]:
-    """Validate a feature matrix against the number of cells in ``proba``."""
+def _check_features(X: ArrayLike | None, n_cells: int, who: str) -> NDArray[np.floating]:
+    """Validate a feature matrix against the number of cells in ``proba`` (float32 stays
+    float32: no copy of a 100k-cell matrix)."""
     if X is None:
         raise ValueError(f"{who} needs the feature matrix X (n_cells, n_features); pass X=...")
-    x = np.asarray(X, dtype=np.float64)
+    x = np.asarray(X)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
@@ -393,7 +396,7 @@ def _rank(scores: NDArray[np.float64], idx: NDArray[np.intp], gen: np.random.Gen
     return idx[order]
 
 
-def _first_distinct_rows(x: NDArray[np.float64], ranked: NDArray[np.intp]) -> NDArray[np.intp]:
+def _first_distinct_rows(x: NDArray[np.floating], ranked: NDArray[np.intp]) -> NDArray[np.intp]:
     """Keep, in rank order, only the first cell of each group of identical feature rows."""
     rows = np.ascontiguousarray(x[ranked])
     rows[rows == 0] = 0.0  # -0.0 and 0.0 compare equal; make their bytes equal too
@@ -476,8 +479,16 @@ def select(
     x = _check_features(X, n, "select(diverse=True)")
     if k == 1:
         return ranked[:1]
-    distinct = _first_distinct_rows(x, ranked)
-    pool = distinct[: max(int(pool_factor), 1) * k]
+    want = max(int(pool_factor), 1) * k
+    # dedupe a growing prefix, not all the ranked cells (100k rows cost 230 ms): the first
+    # occurrences within a prefix are the first occurrences overall
+    span = 4 * want
+    while True:
+        distinct = _first_distinct_rows(x, ranked[:span])
+        if distinct.size >= want or span >= ranked.size:
+            break
+        span *= 4
+    pool = distinct[:want]
     if pool.size <= k:
         return pool
     from sklearn.cluster import KMeans

@@ -884,8 +884,9 @@ class PhenotypingSession:
         )
 
     # ---- proposals ---------------------------------------------------------------------
-    def proposals(self, k: int = 1, diverse: bool = False) -> list[Proposal]:
-        """The best cells to answer next, from the latest predictions."""
+    def proposals(self, k: int = 1, diverse: bool = False, pool_factor: int = 10) -> list[Proposal]:
+        """The best cells to answer next, from the latest predictions (``diverse``: a batch
+        spread by k-means over the ``pool_factor * k`` most informative cells)."""
         if self.result is None:
             return []
         tables = {key: e.table for key, e in self.images.items()}
@@ -906,6 +907,7 @@ class PhenotypingSession:
             k=k,
             diverse=diverse,
             feature_names=self.result.feature_names if diverse or strategy == "density" else None,
+            pool_factor=pool_factor,
         )
 
     def next_proposal(self) -> Proposal | None:

@@ -185,6 +185,7 @@ class SelfTrainedClassifier:
             raise ValueError(f"{xl.shape[0]} labelled rows but y_labelled has shape {yl.shape}")
         if np.unique(yl).size < 2:
             raise ValueError("Annotate cells of at least two classes before training.")
+        xu: np.ndarray
         if X_unlabelled is None:
             xu = np.empty((0, xl.shape[1]))
         else:
