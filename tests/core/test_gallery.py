@@ -102,3 +102,30 @@ def test_thumbnail_reads_only_the_crop_of_lazy_data(loop):
     a = thumbnail([Channel(lazy, (0.0, 255.0), np.ones((256, 3)))], labels, 20, box, size=48)
     b = thumbnail([Channel(image, (0.0, 255.0), np.ones((256, 3)))], labels, 20, box, size=48)
     np.testing.assert_array_equal(a, b)
+
+
+def test_explain_cell_names_the_feature_that_decides_and_its_probabilities(loop):
+    from napari_phenotyper.core.classify.explain import explain_cell
+
+    session, _, _, kinds = loop
+    for lab in (1, 2, 3, 4, 9, 10):
+        session.annotate("cells.tif", lab, kinds[lab])
+    _train(session)
+    table = session.images["cells.tif"].table
+    # a cell the forest is sure is big: its size is why
+    big = next(lab for lab, k in kinds.items() if k == "big" and lab not in (1, 3, 9))
+    ex = explain_cell(session.result.model, table, big)
+    assert ex.predicted == "big" and ex.proba["big"] > 0.6
+    assert abs(sum(ex.proba.values()) - 1) < 1e-6
+    top = ex.contributions.index[:5]
+    assert any(
+        ("area" in c or "diameter" in c or "axis" in c or "perimeter" in c or "intensity" in c) for c in top
+    )
+    assert ex.contributions.iloc[0] > 0
+    assert ex.text().startswith(f"cell {big}: big ") and "because of" in ex.text()
+    other = explain_cell(session.result.model, table, big, cls="small")
+    assert len(other.contributions) == len(session.result.model.feature_names)
+    with pytest.raises(KeyError, match="not in the table"):
+        explain_cell(session.result.model, table, 9999)
+    with pytest.raises(ValueError, match="not a class"):
+        explain_cell(session.result.model, table, big, cls="mitosis")

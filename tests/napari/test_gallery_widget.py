@@ -216,3 +216,25 @@ def test_the_gallery_on_real_images_composites_channels_and_takes_keys(
     qtbot.waitUntil(lambda: gal.tiles and gal.tiles[0].tile not in page, timeout=5000)  # the next page
     gal.close()
     pheno.close_session()
+
+
+def test_the_docks_say_why_a_cell_got_its_class(gallery, qtbot):
+    viewer, lab, pheno, gal, kinds = gallery
+    for cell in (1, 2, 3, 4, 9, 10):
+        pheno.annotate(lab, cell, kinds[cell])
+    pheno.retrain(full=True)
+    qtbot.waitUntil(lambda: pheno._worker is None and pheno.result is not None, timeout=30000)
+    # the Phenotypes dock: the cell under the mouse
+    big = next(c for c, k in kinds.items() if k == "big" and c not in (1, 3, 9))
+    yy, xx = np.nonzero(lab.data == big)
+    viewer.cursor.position = (float(yy.mean()), float(xx.mean()))
+    text = pheno.why.update()
+    assert text.startswith(f"cell {big}: big ") and "because of" in text
+    assert pheno.why_label.text() == text
+    # the Gallery: the hovered thumbnail
+    _source(gal, "predicted")
+    gal.cls.setCurrentText("small")
+    page = gal.show_page()
+    gal.hover(0)
+    assert gal.explain_hovered().startswith(f"cell {page[0].label}: ")
+    assert "because of" in gal.status.text()

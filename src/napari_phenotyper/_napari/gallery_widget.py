@@ -154,6 +154,10 @@ class GalleryWidget(QWidget):
         self._hover: int | None = None
         self._anchor: int | None = None
         self._build()
+        self._why = QTimer(self)  # the hovered cell's explanation, once the mouse rests
+        self._why.setSingleShot(True)
+        self._why.setInterval(300)
+        self._why.timeout.connect(self.explain_hovered)
         self._poll = QTimer(self)
         self._poll.setInterval(POLL_MS)
         self._poll.timeout.connect(self._follow_session)
@@ -454,6 +458,18 @@ class GalleryWidget(QWidget):
                 self.tiles[i].hovered = i == index
                 self.tiles[i].update()
         self._hover = index
+        if index is not None:
+            self._why.start()
+
+    def explain_hovered(self) -> str:
+        """Say in the status line why the hovered cell has its predicted class."""
+        if self._hover is None or self._hover >= len(self.tiles) or self.session is None:
+            return ""
+        tile = self.tiles[self._hover].tile
+        why = self.session.explain(tile.key, tile.label)
+        if why is not None:
+            self.status.setText(why.text())
+        return why.text() if why is not None else ""
 
     def select(self, indices: list[int], add: bool = False) -> None:
         for i, t in enumerate(self.tiles):

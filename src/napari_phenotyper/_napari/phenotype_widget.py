@@ -28,6 +28,7 @@ from qtpy.QtWidgets import QFileDialog, QListWidgetItem
 from ..core.classify.annotations import AnnotationStore
 from ..core.classify.engine import Proposal, TrainResult
 from ..core.classify.session import LIVE_TREES, PhenotypingSession, default_session_path
+from .cell_why import CellWhy
 from .docking import scroll_body, settle_when_docked
 from .feedback import AnnotationFlash, KeyHelp
 from .layers import cell_world_position, docked_widgets, fly_to_cell
@@ -100,6 +101,7 @@ class PhenotypeWidget(PhenotypeControls):
             host=self,
         )
         self.bridge.sync()
+        self.why = CellWhy(self.viewer, self.session, self.bridge, self.why_label)
         self.show_classes()
         compact_widths(self)  # long layer names must not widen the dock
         scroll_body(self)  # fits a laptop screen
@@ -582,6 +584,7 @@ class PhenotypeWidget(PhenotypeControls):
             if worker is not None:
                 worker.quit()
         self.flash.close()
+        self.why.close()
         self.auto.setChecked(False)
         for owner in self._bound:
             for k in [*CLASS_KEYS, "0", "Backspace", "n", "x", *UNDO_KEYS]:

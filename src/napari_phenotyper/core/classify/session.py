@@ -982,6 +982,21 @@ class PhenotypingSession:
                 out["pheno_class"] = out["pheno_class"].where(~out["pheno_excluded"])
         return out
 
+    def explain(self, key: str, label: int) -> Any:
+        """Why the current model gives cell ``label`` of image ``key`` its class: a
+        :class:`~napari_phenotyper.core.classify.explain.CellExplanation` (``None``
+        without a classifier, in value mode, or for a cell it cannot see)."""
+        from .explain import explain_cell
+
+        model = self.result.model if self.result is not None and self.task == "classification" else None
+        entry = self.images.get(str(key))
+        if model is None or entry is None or not entry.has(int(label)) or not hasattr(model, "classes"):
+            return None
+        try:
+            return explain_cell(model, entry.table, int(label))
+        except (KeyError, ValueError):
+            return None
+
     def predicted_class(self, key: str, label: int) -> str | None:
         """The class predicted for one cell, if any."""
         pred = self.result.predictions.get(key) if self.result is not None else None
