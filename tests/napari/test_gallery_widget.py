@@ -238,3 +238,26 @@ def test_the_docks_say_why_a_cell_got_its_class(gallery, qtbot):
     gal.hover(0)
     assert gal.explain_hovered().startswith(f"cell {page[0].label}: ")
     assert "because of" in gal.status.text()
+
+
+def test_a_click_on_the_confusion_matrix_opens_those_cells_in_the_gallery(gallery, qtbot):
+    viewer, lab, pheno, gal, kinds = gallery
+    # two "big" cells annotated "small" on purpose: the cross-validation calls them big
+    wrong = [c for c, k in kinds.items() if k == "big"][5:7]
+    for cell in (1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16):
+        pheno.annotate(lab, cell, kinds[cell])
+    for cell in wrong:
+        pheno.annotate(lab, cell, "small")
+    pheno.retrain(full=True)
+    qtbot.waitUntil(lambda: pheno.quality is not None and pheno._quality_worker is None, timeout=60000)
+    conf = pheno.quality["confusion"]
+    row, col = list(conf.index).index("small"), list(conf.columns).index("big")
+    assert conf.iat[row, col] >= 1
+    confused = pheno.session.confused_cells("small", "big")
+    assert len(confused) == conf.iat[row, col] and {lab_ for _, lab_ in confused} <= set(wrong) | {
+        c for c, k in kinds.items() if k == "small"
+    }
+    pheno.confusion.cellClicked.emit(row, col)
+    assert gal.source.currentData() == "confused" and gal.cls.currentText() == "small"
+    assert sorted(t.tile.label for t in gal.tiles) == sorted(lab_ for _, lab_ in confused)
+    assert "cross-validated as big" in gal.status.text()

@@ -174,6 +174,8 @@ class GalleryWidget(QWidget):
         form.addRow("Cells", self.source)
         self.cls = QComboBox()
         form.addRow("Class", self.cls)
+        self.as_cls = QComboBox()  # the confused source: cross-validated as this class
+        form.addRow("Called", self.as_cls)
         self.order = QComboBox()
         for k, name in ORDERS.items():
             self.order.addItem(name, k)
@@ -218,7 +220,8 @@ class GalleryWidget(QWidget):
 
     def _source_changed(self, *_: Any) -> None:
         src = self.source.currentData()
-        self.cls.setEnabled(src in ("predicted", "annotated"))
+        self.cls.setEnabled(src in ("predicted", "annotated", "confused"))
+        self.as_cls.setEnabled(src == "confused")
         self.order.setEnabled(src == "predicted")
 
     # ---- the session ---------------------------------------------------------------
@@ -239,6 +242,7 @@ class GalleryWidget(QWidget):
             ev.classes.connect(self._on_classes)
             ev.predictions.connect(self._on_predictions)
             ev.images.connect(self._on_images)
+            ev.review.connect(self.review)
         self._on_classes()
 
     def _disconnect(self) -> None:
@@ -248,21 +252,37 @@ class GalleryWidget(QWidget):
             (ev.classes, self._on_classes),
             (ev.predictions, self._on_predictions),
             (ev.images, self._on_images),
+            (ev.review, self.review),
         ):
             with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 sig.disconnect(slot)
 
     def _on_classes(self, *_: Any) -> None:
         names = self.session.classes if self.session is not None else []
-        current = self.cls.currentText()
-        if [self.cls.itemText(i) for i in range(self.cls.count())] != names:
-            self.cls.blockSignals(True)
-            self.cls.clear()
-            self.cls.addItems(names)
-            if current in names:
-                self.cls.setCurrentText(current)
-            self.cls.blockSignals(False)
+        for combo in (self.cls, self.as_cls):
+            current = combo.currentText()
+            if [combo.itemText(i) for i in range(combo.count())] != names:
+                combo.blockSignals(True)
+                combo.clear()
+                combo.addItems(names)
+                if current in names:
+                    combo.setCurrentText(current)
+                combo.blockSignals(False)
         self._restyle()
+
+    def review(self, true: str, predicted: str) -> list[Tile]:
+        """Show the cells annotated ``true`` that the cross-validation called ``predicted``
+        (a click on the confusion matrix), and bring the dock to the front."""
+        self.source.setCurrentIndex(self.source.findData("confused"))
+        self.cls.setCurrentText(true)
+        self.as_cls.setCurrentText(predicted)
+        dock = self.parentWidget()
+        while dock is not None and not hasattr(dock, "setFloating"):
+            dock = dock.parentWidget()
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        return self.show_page(fresh=True)
 
     def _on_predictions(self, *_: Any) -> None:
         """A retrain finished: a page waiting for a model, or all answered, gets new cells."""
@@ -294,6 +314,7 @@ class GalleryWidget(QWidget):
                 self.per_page.value(),
                 cls=self.cls.currentText() or None,
                 order=str(self.order.currentData()),
+                predicted_as=self.as_cls.currentText() or None,
                 exclude=self.shown if src != "proposals" else (),
             )
         except ValueError as err:
@@ -312,12 +333,19 @@ class GalleryWidget(QWidget):
                 "predicted": "No unannotated cell is predicted as this class (train first).",
                 "unannotated": "Every cell is annotated.",
                 "annotated": "No cell is annotated as this class yet.",
+                "confused": "No such cell in the last cross-validation (it runs after a pause).",
             }
             self.status.setText(empty[src])
         else:
-            self.status.setText(
-                f"{len(tiles)} cells: {SOURCES[src].rstrip('…')} {self.cls.currentText() if src in ('predicted', 'annotated') else ''}".strip()
-            )
+            cls, called = self.cls.currentText(), self.as_cls.currentText()
+            what = {
+                "proposals": "the most informative",
+                "predicted": f"predicted {cls}, {self.order.currentText()}",
+                "unannotated": "unannotated, at random",
+                "annotated": f"annotated {cls}",
+                "confused": f"annotated {cls}, cross-validated as {called}",
+            }[src]
+            self.status.setText(f"{len(tiles)} cells: {what}.")
         return tiles
 
     def _channels(self, labels: Any) -> list[Channel]:

@@ -200,6 +200,8 @@ class PhenotypeControls(QWidget):
         lay.addWidget(self.why_label)
         self.confusion = QTableWidget()
         self.confusion.setMaximumHeight(160)
+        self.confusion.setToolTip("Click a count to see those cells in the Gallery dock")
+        self.confusion.cellClicked.connect(self._review_confusion)
         lay.addWidget(self.confusion)
         self.importance_label = QLabel("")
         self.importance_label.setWordWrap(True)
@@ -369,6 +371,13 @@ class PhenotypeControls(QWidget):
         for i in range(len(conf)):
             for j in range(len(conf.columns)):
                 self.confusion.setItem(i, j, QTableWidgetItem(str(int(conf.iat[i, j]))))
+
+    def _review_confusion(self, row: int, column: int) -> None:
+        """A count of the confusion matrix was clicked: the session asks the views to
+        show those cells (the Gallery opens them)."""
+        conf = (self.session.quality or {}).get("confusion")
+        if isinstance(conf, pd.DataFrame) and row < len(conf) and column < len(conf.columns):
+            self.session.review(str(conf.index[row]), str(conf.columns[column]))
 
     def show_queue(self) -> None:
         self.queue.clear()

@@ -30,6 +30,7 @@ SOURCES = {
     "predicted": "Predicted as…",
     "unannotated": "Unannotated, at random",
     "annotated": "Annotated as…",
+    "confused": "Annotated as… but cross-validated as…",
 }
 #: Orders of the ``predicted`` source.
 ORDERS = {"uncertain": "most uncertain first", "confident": "most confident first", "random": "at random"}
@@ -91,6 +92,7 @@ def page_tiles(
     order: str = "uncertain",
     seed: int = 0,
     exclude: Collection[tuple[str, int]] = (),
+    predicted_as: str | None = None,
 ) -> list[Tile]:
     """The cells of one gallery page.
 
@@ -109,6 +111,9 @@ def page_tiles(
         Seed of the random orders (the same seed gives the same pages).
     exclude : collection of (key, label)
         Cells already shown (the next page of the same source skips them).
+    predicted_as : str, optional
+        The ``confused`` source: annotated ``cls`` but cross-validated as this class
+        (a cell of the confusion matrix; ``cls`` itself gives the ones it got right).
 
     Returns
     -------
@@ -121,7 +126,7 @@ def page_tiles(
         raise ValueError(f"Unknown order {order!r}; choose one of {', '.join(ORDERS)}.")
     if page_size < 1:
         raise ValueError(f"A page needs at least one tile (got page_size={page_size}).")
-    if source in ("predicted", "annotated") and cls not in session.classes:
+    if source in ("predicted", "annotated", "confused") and cls not in session.classes:
         raise ValueError(
             f"Choose one of the classes {', '.join(session.classes) or '(none yet)'} for this page."
         )
@@ -136,6 +141,13 @@ def page_tiles(
             if (p.image, int(p.label)) not in skip
         ]
         return out[:page_size]
+    if source == "confused":
+        if predicted_as not in session.classes:
+            raise ValueError(
+                f"Choose the class the cross-validation called them ({', '.join(session.classes)})."
+            )
+        cells = [c for c in session.confused_cells(cls, predicted_as) if c not in skip]
+        return [Tile(k, lab, f"{cls}, called {predicted_as}") for k, lab in cells[:page_size]]
     if source == "annotated":
         rows = [
             Tile(key, int(label))

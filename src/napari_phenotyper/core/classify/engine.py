@@ -373,6 +373,11 @@ def iter_quality(
         names = training_columns(tables, annotations, settings.feature_groups)
         X, y, _ = _with_extra(tables, annotations, names, extra)
         result = cross_validate(X, y, settings, folds=folds) if len(set(y)) >= 2 else None
+        if result is not None and "predicted" in result:
+            # which cell each out-of-fold answer belongs to (a loaded classifier's cells: none)
+            cells = training_set(tables, annotations, names)[2]
+            result["cells"] = [*cells, *[None] * (len(y) - len(cells))]
+            result["truth"] = [str(v) for v in y]
     yield Progress(1, 1, "Cross-validated")
     return result
 

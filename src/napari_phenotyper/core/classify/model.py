@@ -353,5 +353,7 @@ def cross_validate(
         "precision": dict(zip(classes.tolist(), p.tolist(), strict=True)),
         "recall": dict(zip(classes.tolist(), r.tolist(), strict=True)),
         "confusion": pd.DataFrame(confusion_matrix(y, pred, labels=classes), index=classes, columns=classes),
+        #: each cell's out-of-fold class, in the order of the rows (the confusion matrix's cells)
+        "predicted": [str(v) for v in pred],
         "folds": k,
     }

@@ -88,6 +88,9 @@ class SessionEvents(SignalGroup):
     proposal = Signal()
     #: The lost annotations changed.
     lost = Signal()
+    #: Someone asked to see the cells annotated as one class but cross-validated as
+    #: another (a cell of the confusion matrix was clicked): ``(true, predicted)``.
+    review = Signal(str, str)
     #: The settings changed from inside the session (a session file or a classifier
     #: file was opened): controls showing them should read them again.
     settings = Signal()
@@ -981,6 +984,26 @@ class PhenotypingSession:
             if excluded and "pheno_class" in out:  # debris gets no phenotype (nor a colour)
                 out["pheno_class"] = out["pheno_class"].where(~out["pheno_excluded"])
         return out
+
+    def confused_cells(self, true: str, predicted: str) -> list[tuple[str, int]]:
+        """The annotated cells of class ``true`` that the cross-validation called
+        ``predicted`` (one cell of the confusion matrix), as ``(key, label)``; empty
+        without a cross-validation. ``true == predicted`` gives the ones it got right."""
+        q = self.quality or {}
+        cells, truth, pred = q.get("cells") or [], q.get("truth") or [], q.get("predicted") or []
+        return [
+            (str(c[0]), int(c[1]))
+            for c, t, p in zip(cells, truth, pred, strict=False)
+            if c is not None and t == true and p == predicted and str(c[0]) in self.images
+        ]
+
+    def review(self, true: str, predicted: str) -> list[tuple[str, int]]:
+        """Ask the views to show :meth:`confused_cells` (the Gallery does)."""
+        cells = self.confused_cells(true, predicted)
+        self.events.review.emit(str(true), str(predicted))
+        what = "right" if true == predicted else f"called {predicted}"
+        self._status(f"{len(cells)} cells annotated {true} that the cross-validation {what}.")
+        return cells
 
     def explain(self, key: str, label: int) -> Any:
         """Why the current model gives cell ``label`` of image ``key`` its class: a
