@@ -8,7 +8,9 @@ import pytest
 LONG = "2026-11-21 plate 3 well B07 site 4 H2B-mCherry 20x confocal stack max projection"
 
 
-@pytest.mark.parametrize("name", ["Segment & measure", "Phenotypes", "Plots", "Fine-tune", "Batch"])
+@pytest.mark.parametrize(
+    "name", ["Segment & measure", "Phenotypes", "Plots", "Gallery", "Fine-tune", "Batch"]
+)
 def test_dock_stays_narrow_with_long_layer_names(make_napari_viewer, name, monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_PHENOTYPER_HOME", str(tmp_path))
     viewer = make_napari_viewer()

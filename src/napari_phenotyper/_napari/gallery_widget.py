@@ -18,7 +18,6 @@ from qtpy.QtCore import QPoint, QRect, QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QImage, QPainter, QPen, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
-    QFormLayout,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -32,6 +31,7 @@ from qtpy.QtWidgets import (
 
 import napari
 
+from ..core.classify.workflow import PAGE_SIZE
 from ..core.gallery import ORDERS, SOURCES, Channel, Tile, crop_box, page_tiles, thumbnail
 from .layers import fly_to_cell
 from .phenotype_widget import PhenotypeWidget, find_phenotypes
@@ -166,53 +166,63 @@ class GalleryWidget(QWidget):
 
     # ---- widgets -------------------------------------------------------------------
     def _build(self) -> None:
+        # compact: the dock often shares the right side with the Phenotypes dock, and the
+        # tiles need the height (each control row keeps its height: nothing is squashed)
         outer = QVBoxLayout(self)
-        form = QFormLayout()
+        outer.setSpacing(4)
         self.source = QComboBox()
         for k, name in SOURCES.items():
             self.source.addItem(name, k)
-        form.addRow("Cells", self.source)
+        self.source.setToolTip("Which cells the pages show")
+        outer.addWidget(self.source)
+        which = QHBoxLayout()
         self.cls = QComboBox()
-        form.addRow("Class", self.cls)
+        self.cls.setToolTip("The class: predicted as / annotated as")
         self.as_cls = QComboBox()  # the confused source: cross-validated as this class
-        form.addRow("Called", self.as_cls)
+        self.as_cls.setToolTip("…that the cross-validation called this class")
         self.order = QComboBox()
         for k, name in ORDERS.items():
             self.order.addItem(name, k)
-        form.addRow("Order", self.order)
-        sizes = QHBoxLayout()
+        self.order.setToolTip("Order of the predicted cells")
+        for w in (self.cls, self.as_cls, self.order):
+            w.setMinimumContentsLength(6)
+            which.addWidget(w, 1)
+        outer.addLayout(which)
+        row = QHBoxLayout()
         self.size = QSpinBox()
         self.size.setRange(32, 256)
         self.size.setValue(96)
         self.size.setSuffix(" px")
+        self.size.setToolTip("Thumbnail size")
         self.per_page = QSpinBox()
         self.per_page.setRange(1, 96)
-        self.per_page.setValue(24)
-        self.per_page.setSuffix(" per page")
-        sizes.addWidget(self.size)
-        sizes.addWidget(self.per_page)
-        form.addRow("Tiles", sizes)
-        outer.addLayout(form)
-        buttons = QHBoxLayout()
+        self.per_page.setValue(PAGE_SIZE)  # the page the workflow benchmark measures
+        self.per_page.setSuffix(" / page")
+        self.per_page.setToolTip("Thumbnails per page")
         self.show_btn = QPushButton("Show")
         self.next_btn = QPushButton("Next page")
-        buttons.addWidget(self.show_btn)
-        buttons.addWidget(self.next_btn)
-        outer.addLayout(buttons)
+        for w in (self.size, self.per_page, self.show_btn, self.next_btn):
+            row.addWidget(w)
+        outer.addLayout(row)
         self.status = QLabel("Open the Phenotypes dock and add classes, then press Show.")
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
         self.grid = _Grid(self)
+        self.grid.setToolTip(
+            "Keys 1-9 give the selected (else the hovered) cells a class, 0 clears, Ctrl+Z undoes, "
+            "Ctrl+A selects the page. Click selects and shows the cell in the viewer; "
+            "Ctrl/Shift+click or drag select many."
+        )
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setWidget(self.grid)
+        self.scroll.setMinimumHeight(120)
         outer.addWidget(self.scroll, 1)
-        help_ = QLabel(
-            "Keys 1-9 give the selected (else the hovered) cells a class, 0 clears, Ctrl+Z undoes. "
-            "Click selects and shows the cell in the viewer; Ctrl/Shift+click or drag select many."
-        )
+        help_ = QLabel("1-9 class · 0 clear · Ctrl+Z undo · click / Ctrl / Shift / drag select")
         help_.setWordWrap(True)
         outer.addWidget(help_)
+        for w in (self.source, self.cls, self.size, self.show_btn, help_):
+            w.setMinimumHeight(w.sizeHint().height())  # a squeezed dock scrolls, never overlaps
         self.show_btn.clicked.connect(lambda: self.show_page(fresh=True))
         self.next_btn.clicked.connect(lambda: self.show_page(fresh=False))
         self.source.currentIndexChanged.connect(self._source_changed)
