@@ -261,3 +261,20 @@ def test_a_click_on_the_confusion_matrix_opens_those_cells_in_the_gallery(galler
     assert gal.source.currentData() == "confused" and gal.cls.currentText() == "small"
     assert sorted(t.tile.label for t in gal.tiles) == sorted(lab_ for _, lab_ in confused)
     assert "cross-validated as big" in gal.status.text()
+    # the Plots dock's confusion figure does the same
+    from matplotlib.backend_bases import MouseEvent
+
+    from napari_phenotyper._napari.plots_widget import PlotsWidget
+
+    gal.source.setCurrentIndex(gal.source.findData("unannotated"))
+    plots = PlotsWidget(viewer, phenotypes=pheno)
+    plots.show_tab("confusion")
+    plots.refresh()
+    fig = plots.plots["confusion"].figure
+    ax = fig.axes[0]
+    x, y = ax.transData.transform((col, row))
+    canvas = plots.plots["confusion"].canvas
+    canvas.callbacks.process("button_press_event", MouseEvent("button_press_event", canvas, x, y, button=1))
+    assert gal.source.currentData() == "confused"
+    assert sorted(t.tile.label for t in gal.tiles) == sorted(lab_ for _, lab_ in confused)
+    plots.close_widget()

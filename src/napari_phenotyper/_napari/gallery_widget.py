@@ -10,6 +10,7 @@ follows the session's events. What a page shows and how a thumbnail is made live
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,15 @@ __all__ = ["GalleryWidget"]
 #: How often the dock looks for the viewer's Phenotypes dock (ms) while it has none.
 POLL_MS = 500
 _KEYS = {getattr(Qt.Key, f"Key_{i}"): i for i in range(10)}
+
+
+def _warm_up_kmeans() -> None:
+    """Import scikit-learn's k-means and fit it once, off the GUI thread: the first page of
+    proposals otherwise paid ~190 ms for the import and the thread-pool probe."""
+    with contextlib.suppress(Exception):
+        from sklearn.cluster import KMeans
+
+        KMeans(n_clusters=2, n_init=1, random_state=0).fit(np.arange(8.0).reshape(4, 2))
 
 
 class _Tile(QWidget):
@@ -162,6 +172,7 @@ class GalleryWidget(QWidget):
         self._poll.setInterval(POLL_MS)
         self._poll.timeout.connect(self._follow_session)
         self._poll.start()
+        threading.Thread(target=_warm_up_kmeans, name="gallery-warm-up", daemon=True).start()
         self._follow_session()
 
     # ---- widgets -------------------------------------------------------------------

@@ -58,6 +58,7 @@ class PlotsControls(QWidget):
             self.plots[key] = plot
             self.tabs.addTab(plot, title)
         self.tabs.currentChanged.connect(lambda _i: self.refresh())
+        self.plots["confusion"].canvas.mpl_connect("button_press_event", self._on_confusion_click)
 
         # scatter controls
         sc = self.plots["scatter"]

@@ -113,6 +113,22 @@ class QualityFigures:
             fontsize="medium",
         )
 
+    def _on_confusion_click(self, event: Any) -> None:
+        """A click on a count: the session asks the Gallery to show those cells."""
+        quality = self._quality
+        conf = quality.get("confusion") if isinstance(quality, dict) else None
+        session = getattr(self, "_session", None)
+        if (
+            event.inaxes is None
+            or event.xdata is None
+            or not isinstance(conf, pd.DataFrame)
+            or session is None
+        ):
+            return
+        i, j = round(float(event.ydata)), round(float(event.xdata))
+        if 0 <= i < len(conf) and 0 <= j < len(conf.columns):
+            session.review(str(conf.index[i]), str(conf.columns[j]))
+
     def _draw_learning(self) -> None:
         fig = self.plots["learning"].figure
         fig.clear()
