@@ -57,7 +57,6 @@ def test_keys_answer_hovered_and_selected_tiles_and_the_page_advances(gallery, q
     )
     # hover + key
     qtbot.mouseMove(gal.grid, _center(gal, 0))
-    gal.grid.mouseMoveEvent  # the grid tracks the mouse
     gal.hover(0)
     qtbot.keyClick(gal.grid, Qt.Key.Key_1)
     t0 = tiles[0]

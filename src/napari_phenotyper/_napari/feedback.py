@@ -98,6 +98,7 @@ class AnnotationFlash:
         self._timer.setInterval(FLASH_MS)
         self._timer.timeout.connect(self.hide)
         self._overlay: _Overlay | None = None
+        self._canvas: QWidget | None = None  # napari's canvas, once found
         self.text = ""
         self.color: str | None = None
         self.ring: tuple[float, float, float] | None = None
@@ -109,7 +110,7 @@ class AnnotationFlash:
 
     def _find_canvas(self) -> QWidget | None:
         """napari's canvas (looked up once: a search of the window's widgets costs ~4 ms)."""
-        canvas = getattr(self, "_canvas", None)
+        canvas = self._canvas
         if canvas is not None:
             with contextlib.suppress(RuntimeError):  # deleted with its window
                 canvas.isHidden()

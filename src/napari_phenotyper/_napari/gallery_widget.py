@@ -396,15 +396,17 @@ class GalleryWidget(QWidget):
         return data[step[-(lead + 2) : -2] if len(step) >= lead + 2 else (0,) * lead]
 
     def _render(self, tile: Tile, size: int, cache: dict[str, Any]) -> QPixmap:
-        pheno = self.phenotypes()
-        layer = pheno.bridge.layer_of(tile.key) if pheno is not None else None
+        """One thumbnail; ``cache`` keeps, per image key, its layer's channels and labels
+        (looked up once per page, not once per tile)."""
+        if tile.key not in cache:
+            pheno = self.phenotypes()
+            layer = pheno.bridge.layer_of(tile.key) if pheno is not None else None
+            cache[tile.key] = None if layer is None else (self._channels(layer), self._plane(layer.data))
         entry = self.session.images.get(tile.key)
-        if layer is None or entry is None:
+        if cache[tile.key] is None or entry is None:
             pix = QPixmap(size, size)
             pix.fill(QColor("black"))
             return pix
-        if tile.key not in cache:
-            cache[tile.key] = (self._channels(layer), self._plane(layer.data))
         channels, labels = cache[tile.key]
         box = crop_box(entry.table, tile.label, labels.shape)
         rgb = np.ascontiguousarray(thumbnail(channels, labels, tile.label, box, size=size))

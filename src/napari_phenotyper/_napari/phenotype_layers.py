@@ -122,20 +122,18 @@ class LayerBridge:
             canvas.frameSwapped.connect(self._settled)
             self._canvas = canvas
 
-    def _settled(self) -> None:
+    def _stop_waiting(self) -> None:
+        """Stop waiting for the frame after a removal (the timer and the canvas signal)."""
         with contextlib.suppress(RuntimeError):
             self._settle.stop()
         if self._canvas is not None:
             with contextlib.suppress(TypeError, RuntimeError):
                 self._canvas.frameSwapped.disconnect(self._settled)
             self._canvas = None
-        self.sync()
 
-    def settle(self) -> None:
-        """Let closed layers go now (tests and scripts that cannot wait for a frame)."""
-        with contextlib.suppress(RuntimeError):
-            if self._settle.isActive():
-                self._settled()
+    def _settled(self) -> None:
+        self._stop_waiting()
+        self.sync()
 
     # ---- which layer is which image ----------------------------------------------------
     def layers(self) -> list[Labels]:
@@ -308,12 +306,7 @@ class LayerBridge:
         """Stop watching the viewer."""
         self.viewer.layers.events.inserted.disconnect(self.sync)
         self.viewer.layers.events.removed.disconnect(self._on_removed)
-        with contextlib.suppress(RuntimeError):
-            self._settle.stop()
-        if self._canvas is not None:
-            with contextlib.suppress(TypeError, RuntimeError):
-                self._canvas.frameSwapped.disconnect(self._settled)
-            self._canvas = None
+        self._stop_waiting()
         for layer in self._watched.values():
             self._unwatch(layer)
         self._watched.clear()

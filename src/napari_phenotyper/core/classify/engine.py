@@ -127,14 +127,15 @@ def _with_extra(
     annotations: Mapping[str, Mapping[int, Any]],
     names: list[str],
     extra: Extra | None,
-) -> tuple[pd.DataFrame, list[Any], list[str]]:
+) -> tuple[pd.DataFrame, list[Any], list[str], list[tuple[str, int]]]:
     """The session's training set plus ``extra`` (cells of a loaded classifier file),
-    over the feature columns both have."""
+    over the feature columns both have; the last item is the (image, label) of each of
+    the session's rows (``extra``'s rows follow them and have none)."""
     if extra is not None:
         names = [n for n in names if n in set(extra[0].columns)]
         if not names:
             raise ValueError("The loaded classifier shares no feature column with the measured cells.")
-    X, y, _ = training_set(tables, annotations, names)
+    X, y, keys = training_set(tables, annotations, names)
     if extra is not None and len(extra[0]):
         X = (
             pd.concat([X, extra[0][names]], ignore_index=True)
@@ -142,7 +143,7 @@ def _with_extra(
             else extra[0][names].reset_index(drop=True)
         )
         y = [*y, *extra[1]]
-    return X, y, names
+    return X, y, names, keys
 
 
 @dataclass
@@ -280,7 +281,7 @@ def iter_train_predict(
         )
     total = 1 + sum(len(t) for t in tables.values())
     yield Progress(0, total, "Training")
-    X, y, names = _with_extra(tables, annotations, names, extra)
+    X, y, names, _ = _with_extra(tables, annotations, names, extra)
     t0 = time.perf_counter()
     if task == "regression":
         model: Any = train_regressor(X, [float(v) for v in y], settings, names)
@@ -364,18 +365,17 @@ def iter_quality(
 
         settings = settings or RegressorSettings()
         names = training_columns(tables, annotations, settings.feature_groups)
-        X, y, _ = _with_extra(tables, annotations, names, extra)
+        X, y, _, _ = _with_extra(tables, annotations, names, extra)
         values = [float(v) for v in y]
         enough = len(values) >= 5 and len(set(values)) >= 2
         result = cross_validate_regressor(X, values, settings, folds=folds) if enough else None
     else:
         settings = settings or ClassifierSettings()
         names = training_columns(tables, annotations, settings.feature_groups)
-        X, y, _ = _with_extra(tables, annotations, names, extra)
+        X, y, _, cells = _with_extra(tables, annotations, names, extra)
         result = cross_validate(X, y, settings, folds=folds) if len(set(y)) >= 2 else None
         if result is not None and "predicted" in result:
             # which cell each out-of-fold answer belongs to (a loaded classifier's cells: none)
-            cells = training_set(tables, annotations, names)[2]
             result["cells"] = [*cells, *[None] * (len(y) - len(cells))]
             result["truth"] = [str(v) for v in y]
     yield Progress(1, 1, "Cross-validated")
