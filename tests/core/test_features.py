@@ -232,6 +232,47 @@ def test_neighbors_touching_objects():
     assert df["n_neighbors"].dtype == np.int64
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neighbors_match_brute_force_on_dense_noise(seed):
+    """Touching pairs are looked for from border pixels only: every distinct pair must still be found."""
+    rng = np.random.default_rng(seed)
+    lab = ((rng.random((30, 41)) < 0.8) * rng.integers(1, 40, (30, 41))).astype(np.int32)
+    padded = np.pad(lab, 1)
+    pairs: set[tuple[int, int]] = set()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            nb = padded[1 + dy : 31 + dy, 1 + dx : 42 + dx]
+            m = (lab != 0) & (nb != 0) & (nb != lab)
+            pairs |= set(zip(lab[m].tolist(), nb[m].tolist(), strict=True))
+    df = compute_features(lab, groups=("neighbors",))
+    expected = [sum(1 for a, _ in pairs if a == i) for i in df["label"]]
+    assert df["n_neighbors"].tolist() == expected
+    assert sum(expected) > 100  # the case is dense
+
+
+def test_weighted_centroid_sums_overflow_fallback_agrees():
+    """The flat-index shortcut and the overflow-safe per-run sums give the same exact sums."""
+    lab = blob_labels(2)
+    img = np.random.default_rng(2).integers(0, 4096, lab.shape).astype(np.int32)
+    scan = features_module._Scan(lab, perimeter=False, touching=False)
+    runs = features_module._Runs(lab, scan.run_start, scan.run_end)
+    chunk = runs.pixels(0, runs.n)
+    v = img.ravel()[chunk.flat]
+    fast = features_module._weighted_coordinate_sums(chunk, v, 4095, runs)
+    safe = features_module._weighted_coordinate_sums(chunk, v, 1 << 62, runs)
+    rows, cols = np.nonzero(lab)
+    order = np.argsort(lab[rows, cols], kind="stable")
+    rows, cols, vals = rows[order], cols[order], img[rows[order], cols[order]].astype(np.int64)
+    ids = lab[rows, cols]
+    expect_row = np.bincount(np.searchsorted(runs.ids, ids), vals * rows)
+    for got in (fast, safe):
+        assert got[0].tolist() == expect_row.astype(np.int64).tolist()
+        assert (
+            got[1].tolist()
+            == np.bincount(np.searchsorted(runs.ids, ids), vals * cols).astype(np.int64).tolist()
+        )
+
+
 def test_non_contiguous_ids_give_same_values():
     lab = blob_labels(3, size=64)
     ids = np.unique(lab)[1:]

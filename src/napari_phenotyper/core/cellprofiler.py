@@ -424,7 +424,7 @@ def _intensity_chunk_int(
         "MaxIntensity": vmax_raw / scale,
     }
     v = v_int / scale
-    e_total, e_mean, e_std, e_min, e_max = _edge_stats(chunk, v, edge_flat[chunk.flat])
+    e_total, e_mean, e_std, e_min, e_max = _edge_stats(chunk, v, edge_flat.take(chunk.flat))
     out |= {
         "IntegratedIntensityEdge": e_total,
         "MeanIntensityEdge": e_mean,
@@ -437,7 +437,7 @@ def _intensity_chunk_int(
         "MADIntensity": mad / 2.0 / scale,
     }
     # centres of mass from sums over the runs
-    row_w, col_w = _weighted_coordinate_sums(chunk, v_int, runs)
+    row_w, col_w = _weighted_coordinate_sums(chunk, v_int, max(-vmin, vmin + span - 1), runs)
     with np.errstate(invalid="ignore", divide="ignore"):
         wy = np.where(s1 != 0, row_w / s1, np.nan)
         wx = np.where(s1 != 0, col_w / s1, np.nan)
@@ -457,7 +457,7 @@ def _intensity_chunk_int(
 def _intensity_chunk(
     chunk: _Chunk, image_flat: np.ndarray, edge_flat: np.ndarray, runs: _Runs, cen: _Centroids
 ) -> dict[str, np.ndarray]:
-    raw = image_flat[chunk.flat]
+    raw = image_flat.take(chunk.flat)
     if raw.dtype.kind in "iub" and raw.dtype.itemsize <= 2:
         fast = _intensity_chunk_int(chunk, raw, edge_flat, runs, cen)
         if fast is not None:
@@ -473,7 +473,7 @@ def _intensity_chunk(
         "MinIntensity": vmin,
         "MaxIntensity": vmax,
     }
-    edge = edge_flat[chunk.flat] & finite
+    edge = edge_flat.take(chunk.flat) & finite
     _, e_total, e_mean, e_std, e_min, e_max = _stats(chunk, v, edge)
     out |= {
         "IntegratedIntensityEdge": e_total,
@@ -1038,7 +1038,7 @@ def iter_cellprofiler_features(
             chunk = runs.pixels(k0, k1)
             pairs = [_pixel_pairs(runs, chunk, dy * scale, dx * scale) for dy, dx in _DIRECTIONS]
             for name, q_flat in q_flats.items():
-                entries[name].append(_texture_entries(q_flat[chunk.flat], pairs, chunk))
+                entries[name].append(_texture_entries(q_flat.take(chunk.flat), pairs, chunk))
         for name in channels:
             for key, values in _texture_features(entries[name], runs.n).items():
                 feat, d = key.rsplit("_", 1)

@@ -149,7 +149,7 @@ DEFAULT_CHANNEL = "intensity"
 
 # Work is streamed so that no temporary array is much larger than these.
 #: Pixels per row band when scanning the label image.
-_BAND_PIXELS = 1 << 16
+_BAND_PIXELS = 1 << 21
 #: Pixels per chunk of labels for the intensity and texture groups.
 _CHUNK_PIXELS = 1 << 15
 #: Largest (label x grey level) histogram held at once; beyond it, sort instead.
@@ -163,6 +163,7 @@ _PERIMETER_WEIGHTS[[21, 33]] = sqrt(2.0)
 _PERIMETER_WEIGHTS[[13, 23]] = (1.0 + sqrt(2.0)) / 2.0
 _PERIMETER_WEIGHTS.flags.writeable = False
 _NEIGHBORS_8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+_NEIGHBOR_CODES = np.array([2 if dy == 0 or dx == 0 else 10 for dy, dx in _NEIGHBORS_8], dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- columns
@@ -315,48 +316,99 @@ def _padded_band(labels: np.ndarray, r0: int, r1: int, halo: int) -> np.ndarray:
     return band
 
 
-def _band_perimeter(band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and perimeter weights of the border pixels in a band's central rows.
+class _Band:
+    """The changes between neighbouring pixels of one row band, found once.
 
-    ``band`` comes from :func:`_padded_band` with ``halo=2``. A border pixel has a
-    4-neighbour with another label; its weight comes from the code of the 3x3
-    convolution ``[[10, 2, 10], [2, 1, 2], [10, 2, 10]]`` of its own label's border
-    pixels, exactly as ``skimage.measure.perimeter`` on that label's mask.
+    ``band`` comes from :func:`_padded_band` with ``halo=2`` and is read as one flat
+    array of row stride ``W``: ``h[i]`` are the flat positions ``k`` with
+    ``band[k] != band[k + 1]`` (the zero columns keep rows apart), ``v`` those with
+    ``band[k] != band[k + W]``. Runs, border pixels and touching pairs all follow
+    from these two lists, so the band is compared pixel by pixel only twice.
     """
-    wp = band.shape[1]
-    c = band[1:-1, 1:-1]  # central rows +- 1
-    border = np.zeros((c.shape[0], wp), dtype=bool)
-    inner = band[:-2, 1:-1] == c
-    inner &= band[2:, 1:-1] == c
-    inner &= band[1:-1, :-2] == c
-    inner &= band[1:-1, 2:] == c
-    np.greater(c != 0, inner, out=border[:, 1:-1])  # non-zero and not inner
-    pb = np.flatnonzero(border[1:-1]) + wp  # central border pixels, index into border
-    pp = pb + wp  # the same pixels, index into band
-    bflat, lflat = border.ravel(), band.ravel()
-    lab = lflat[pp]
-    code = np.ones(pb.size, dtype=np.intp)
-    for dy, dx in _NEIGHBORS_8:
-        o = dy * wp + dx
-        nb = bflat[pb + o]
-        nb &= lflat[pp + o] == lab
-        code += (2 if dy == 0 or dx == 0 else 10) * nb
-    return lab, _PERIMETER_WEIGHTS[code]
 
+    def __init__(self, band: np.ndarray):
+        self.flat = band.ravel()
+        self.stride = band.shape[1]
+        self.lo = 2 * self.stride  # the central rows: flat [lo, hi)
+        self.hi = (band.shape[0] - 2) * self.stride
+        f = self.flat
+        self.h = np.flatnonzero(f[1:] != f[:-1])
+        self._border: np.ndarray | None = None
+        self._ring = self.h[:0]
 
-def _band_touching(band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of different non-zero labels that are 8-neighbours, seen from the central rows."""
-    h, wp = band.shape
-    a = band[2:-2, 1:-1]
-    out_a, out_b = [], []
-    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each touching pair seen once
-        b = band[2 + dy : h - 2 + dy, 1 + dx : wp - 1 + dx]
-        m = a != b
-        m &= a != 0
-        m &= b != 0
-        out_a.append(a[m])
-        out_b.append(b[m])
-    return np.concatenate(out_a), np.concatenate(out_b)
+    def runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat positions (in the band) of the first and last pixel of each run."""
+        i0, i1 = np.searchsorted(self.h, (self.lo, self.hi))
+        k = self.h[i0:i1]
+        # a change's right pixel starts a segment that ends at the next change; a
+        # row's last change leads into its zero column, so a non-zero segment never
+        # spans two rows
+        run = np.flatnonzero(self.flat[k + 1] != 0)
+        return k[run] + 1, k[run + 1]
+
+    def border(self) -> np.ndarray:
+        """Sorted flat positions of the central rows' border pixels.
+
+        A border pixel is non-zero and has a 4-neighbour with another label: one
+        side of a horizontal or a vertical change.
+        """
+        if self._border is None:
+            f, w = self.flat, self.stride
+            v = np.flatnonzero(f[w:] != f[:-w])
+            lo, hi = np.searchsorted(self.h, (self.lo - w - 1, self.hi + w))
+            h = self.h[lo:hi]
+            lo, hi = np.searchsorted(v, (self.lo - 2 * w, self.hi + w))
+            v = v[lo:hi]
+            # four sorted runs: a stable sort merges them
+            cand = np.sort(np.concatenate([h, h + 1, v, v + w]), kind="stable")
+            keep = np.empty(cand.size, dtype=bool)
+            keep[:1] = True
+            np.not_equal(cand[1:], cand[:-1], out=keep[1:])
+            cand = cand[keep]
+            cand = cand[f[cand] != 0]
+            self._ring = cand  # border pixels of the central rows +- 1
+            lo, hi = np.searchsorted(cand, (self.lo, self.hi))
+            self._border = cand[lo:hi]
+        return self._border
+
+    def perimeter(self) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and perimeter weights of the central rows' border pixels.
+
+        A pixel's weight comes from the code of the 3x3 convolution
+        ``[[10, 2, 10], [2, 1, 2], [10, 2, 10]]`` of its own label's border pixels,
+        exactly as ``skimage.measure.perimeter`` on that label's mask.
+        """
+        pb = self.border()
+        f, w = self.flat, self.stride
+        blab = np.zeros_like(f)  # the label at border pixels, 0 elsewhere
+        blab[self._ring] = f[self._ring]
+        lab = f.take(pb)
+        code = np.ones(pb.size, dtype=np.uint8)
+        for (dy, dx), weight in zip(_NEIGHBORS_8, _NEIGHBOR_CODES, strict=True):
+            same = blab.take(pb + (dy * w + dx)) == lab
+            code += same.view(np.uint8) * weight
+        return lab, _PERIMETER_WEIGHTS.take(code)
+
+    def touching(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs of different non-zero labels that are 8-neighbours.
+
+        Looked for from the border pixels only, forwards (right and the row below):
+        two touching labels always have a 4-adjacent pair of pixels, both border
+        pixels, unless a diagonal pair's 4-neighbours are themselves of one of the
+        two labels, which makes those a 4-adjacent pair. Each distinct pair of labels
+        is therefore found (possibly several times).
+        """
+        pb = self.border()
+        f, w = self.flat, self.stride
+        a = f[pb]
+        out_a, out_b = [], []
+        for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+            b = f[pb + (dy * w + dx)]
+            m = b != a
+            m &= b != 0
+            out_a.append(a[m])
+            out_b.append(b[m])
+        return np.concatenate(out_a), np.concatenate(out_b)
 
 
 class _Scan:
@@ -374,28 +426,20 @@ class _Scan:
         p_lab, p_w, t_a, t_b = [], [], [], []
         for r0 in range(0, h, rows_per_band):
             r1 = min(h, r0 + rows_per_band)
-            block = labels[r0:r1]
-            first = np.empty(block.shape, dtype=bool)
-            first[:, 0] = True
-            np.not_equal(block[:, 1:], block[:, :-1], out=first[:, 1:])
-            last = np.empty(block.shape, dtype=bool)
-            last[:, -1] = True
-            last[:, :-1] = first[:, 1:]
-            fg = block != 0
-            first &= fg
-            last &= fg
-            starts.append(np.flatnonzero(first) + r0 * w)
-            ends.append(np.flatnonzero(last) + r0 * w)
-            if perimeter or touching:
-                band = _padded_band(labels, r0, r1, halo=2)
-                if perimeter:
-                    lab, weight = _band_perimeter(band)
-                    p_lab.append(lab)
-                    p_w.append(weight)
-                if touching:
-                    a, b = _band_touching(band)
-                    t_a.append(a)
-                    t_b.append(b)
+            band = _Band(_padded_band(labels, r0, r1, halo=2))
+            s, e = band.runs()
+            # band position p = row_b * (w + 2) + col + 1 -> image (r0 + row_b - 2) * w + col
+            shift = (r0 - 2) * w - 1
+            starts.append(s - 2 * (s // band.stride) + shift)
+            ends.append(e - 2 * (e // band.stride) + shift)
+            if perimeter:
+                lab, weight = band.perimeter()
+                p_lab.append(lab)
+                p_w.append(weight)
+            if touching:
+                a, b = band.touching()
+                t_a.append(a)
+                t_b.append(b)
         self.run_start = np.concatenate(starts)
         self.run_end = np.concatenate(ends)
         self.perimeter = (np.concatenate(p_lab), np.concatenate(p_w)) if perimeter else None
@@ -573,22 +617,29 @@ def _convex_areas(runs: _Runs) -> np.ndarray:
     g_row = row[g_first]
     xl = 2 * runs.c0[g_first]
     xr = 2 * runs.c1[g_last]
-    # three points per row and side: y = 2r - 1, 2r, 2r + 1
-    y = (2 * g_row[:, None] + np.array([-1, 0, 1])).ravel()
-    left = np.stack([xl, xl - 1, xl], axis=1).ravel()
-    right = -np.stack([xr, xr + 1, xr], axis=1).ravel()  # negated: both chains keep minima
-    obj = np.repeat(g_obj, 3)
-    # consecutive rows share the half-row between them: keep the extreme point
-    dup = np.flatnonzero((y[1:] == y[:-1]) & (obj[1:] == obj[:-1]))
-    if dup.size:
-        left[dup] = np.minimum(left[dup], left[dup + 1])
-        right[dup] = np.minimum(right[dup], right[dup + 1])
-        keep = np.ones(y.size, dtype=bool)
-        keep[dup + 1] = False
-        y, left, right, obj = y[keep], left[keep], right[keep], obj[keep]
-    chain = np.concatenate([obj, obj + n])
-    cy = np.concatenate([y, y])
-    cx = np.concatenate([left, right])
+    # per row and side: the edge midpoint at y = 2r and those at y = 2r -+ 1; two
+    # consecutive rows share the one between them (the extreme of the two). That
+    # shared point lies on or inside the chord of its rows' middle points unless the
+    # rows' extremes differ by two pixels or more: the loop below would drop it
+    # first, so it is left out from the start.
+    g = g_obj.size
+    cont = np.zeros(g, dtype=bool)  # the next group is the same label's next row
+    cont[:-1] = (g_obj[1:] == g_obj[:-1]) & (g_row[1:] == g_row[:-1] + 1)
+    top = np.ones(g, dtype=bool)
+    top[1:] = ~cont[:-1]
+    ys = (2 * g_row[:, None] + np.array([-1, 0, 1])).ravel()
+    objs = np.repeat(g_obj, 3)
+    chains = []
+    for x in (xl, -xr):  # negated on the right: both chains keep minima
+        nxt = np.append(x[1:], 0)
+        below = np.where(cont, np.minimum(x, nxt), x)
+        keep = np.stack([top, np.ones(g, dtype=bool), ~cont | (np.abs(nxt - x) >= 4)], axis=1).ravel()
+        pts = np.stack([x, x - 1, below], axis=1).ravel()
+        chains.append((objs[keep], ys[keep], pts[keep]))
+    (obj_l, y_l, x_l), (obj_r, y_r, x_r) = chains
+    chain = np.concatenate([obj_l, obj_r + n])
+    cy = np.concatenate([y_l, y_r])
+    cx = np.concatenate([x_l, x_r])
     while True:
         inner = (chain[:-2] == chain[1:-1]) & (chain[2:] == chain[1:-1])
         yp, yi, yn = cy[:-2], cy[1:-1], cy[2:]
@@ -726,8 +777,9 @@ class _LabelHistogram:
 
     def __init__(self, chunk: _Chunk, v_int: np.ndarray, vmin: int, width: int):
         n = chunk.n
-        key = v_int - np.int32(vmin)  # int32: small temporaries, page faults cost more than arithmetic
-        key += chunk.spread(np.arange(n, dtype=np.int32) * np.int32(width))
+        # int32: small temporaries, page faults cost more than arithmetic
+        key = chunk.spread(np.arange(n, dtype=np.int32) * np.int32(width) - np.int32(vmin))
+        key += v_int  # any integer dtype of at most 16 bits (or int32)
         hist = np.bincount(key, minlength=n * width)
         values = np.arange(width, dtype=np.int64) + vmin
         h2 = hist.reshape(n, width)
@@ -747,18 +799,24 @@ class _LabelHistogram:
         )
 
 
-def _weighted_coordinate_sums(chunk: _Chunk, v_int: np.ndarray, runs: _Runs) -> tuple[np.ndarray, np.ndarray]:
-    """``sum v row`` and ``sum v col`` of every label (exact int64), from sums over its runs.
+def _weighted_coordinate_sums(
+    chunk: _Chunk, v_int: np.ndarray, vmax: int, runs: _Runs
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sum v row`` and ``sum v col`` of every label (exact int64); ``|v| <= vmax``.
 
-    ``sum v col = sum_runs [c0 S_run + sum_t t v_t]``: no per-pixel coordinates needed.
+    ``sum v row`` from the runs' sums. ``sum v col = sum v flat - width * sum v row``
+    with the pixels' flat indices the chunk already holds, when no sum can overflow;
+    otherwise ``sum_runs [c0 S_run + sum_t t v_t]``. No per-pixel coordinates needed.
     """
     offsets = np.cumsum(chunk.lengths) - chunk.lengths
     run_sum = np.add.reduceat(v_int, offsets, dtype=np.int64)
+    first = runs.first_run[chunk.k0 : chunk.k1] - chunk.ra
+    row_w = np.add.reduceat(runs.row[chunk.ra : chunk.rb] * run_sum, first)
+    h, w = runs.shape
+    if vmax * h * w * int(chunk.counts.max()) < 1 << 62:
+        return row_w, chunk.sum(v_int * chunk.flat) - w * row_w
     idx_sum = np.add.reduceat(v_int * np.arange(v_int.size), offsets) - offsets * run_sum
-    ra, rb = chunk.ra, chunk.rb
-    first = runs.first_run[chunk.k0 : chunk.k1] - ra
-    row_w = np.add.reduceat(runs.row[ra:rb].astype(np.int64) * run_sum, first)
-    col_w = np.add.reduceat(runs.c0[ra:rb].astype(np.int64) * run_sum + idx_sum, first)
+    col_w = np.add.reduceat(runs.c0[chunk.ra : chunk.rb] * run_sum + idx_sum, first)
     return row_w, col_w
 
 
@@ -775,7 +833,7 @@ def _intensity_chunk_hist(
     span = int(raw.max()) - vmin + 1
     if chunk.n * span > _MAX_HIST_BINS:
         return None
-    v_int = raw.astype(np.int32)
+    v_int = raw if raw.dtype.itemsize < 4 else raw.astype(np.int32)
     h = _LabelHistogram(chunk, v_int, vmin, span)
     cnt = chunk.counts
     total = h.s1.astype(np.float64)
@@ -793,7 +851,7 @@ def _intensity_chunk_hist(
     out["integrated_intensity"] = total
     # intensity-weighted centroid minus the plain one
     sy, sx = spacing
-    row_w, col_w = _weighted_coordinate_sums(chunk, v_int, runs)
+    row_w, col_w = _weighted_coordinate_sums(chunk, v_int, max(-vmin, vmin + span - 1), runs)
     with np.errstate(invalid="ignore", divide="ignore"):
         wy = (row_w / total - cen.cy[chunk.k0 : chunk.k1]) * sy
         wx = (col_w / total - cen.cx[chunk.k0 : chunk.k1]) * sx
@@ -806,7 +864,7 @@ def _intensity_chunk(
 ) -> dict[str, np.ndarray]:
     sy, sx = spacing
     k0, k1 = chunk.k0, chunk.k1
-    raw = image_flat[chunk.flat]
+    raw = image_flat.take(chunk.flat)
     if raw.dtype.kind in "iub" and raw.dtype.itemsize <= 2:
         fast = _intensity_chunk_hist(chunk, raw, cen, spacing, runs)
         if fast is not None:
@@ -970,7 +1028,7 @@ def _texture_chunk(
 ) -> dict[str, np.ndarray]:
     """Haralick features of a chunk's labels, averaged over the offsets with pairs."""
     h, w = shape
-    q, finite = quantise(image_flat[chunk.flat])
+    q, finite = quantise(image_flat.take(chunk.flat))
     rank = chunk.local_rank()
     acc = {f: np.zeros(chunk.n) for f in TEXTURE_FEATURES}
     n_valid = np.zeros(chunk.n)
@@ -987,7 +1045,7 @@ def _texture_chunk(
             a, b, r = q[src], q[src + 1], rank[src]
         else:
             if lab is None:
-                lab = labels_flat[chunk.flat]
+                lab = labels_flat.take(chunk.flat)
             ok = chunk.rows < h - dy
             if dx > 0:
                 ok &= chunk.cols < w - dx
@@ -1180,14 +1238,19 @@ def iter_features(
     if do_int:
         float_chunks = runs.chunks(_CHUNK_PIXELS)
         # small-integer images go through per-label histograms: larger chunks, fewer calls
-        hist_chunks = runs.chunks(_CHUNK_PIXELS * 4, max(1, _MAX_HIST_BINS // 4096))
+        # (8-bit: up to 256 grey levels per label, 16-bit: the histogram's width is
+        # the chunk's range, assumed up to 4096 and checked per chunk)
+        hist_chunks = {
+            1: runs.chunks(_CHUNK_PIXELS * 16, max(1, _MAX_HIST_BINS // 256)),
+            2: runs.chunks(_CHUNK_PIXELS * 4, max(1, _MAX_HIST_BINS // 4096)),
+        }
         for name, img in channel_arrays.items():
             yield Progress(step, total, f"Intensity: {name}")
             flat = img.ravel()
             small_int = img.dtype.kind in "iub" and img.dtype.itemsize <= 2
             feats = yield from chunked(
                 f"Intensity: {name}",
-                hist_chunks if small_int else float_chunks,
+                hist_chunks[img.dtype.itemsize] if small_int else float_chunks,
                 lambda ch, flat=flat: _intensity_chunk(ch, flat, cen, spacing_yx, runs),
             )
             data.update({f"{k}_{name}": val for k, val in feats.items()})
