@@ -33,6 +33,7 @@ from .segment.models import BACKENDS as MODEL_BACKENDS
 from .segment.models import ModelNotFoundError, describe_model, resolve_model
 
 __all__ = [
+    "DIMENSIONS",
     "PLANE_PREFIX",
     "MeasureParams",
     "SegmentResult",
@@ -46,6 +47,7 @@ __all__ = [
     "select_channel",
     "spatial_ndim_of",
     "voxel_spacing_of",
+    "with_dimensions",
 ]
 
 #: Prefix of the columns that index the plane (time point, z slice...) of a cell in
@@ -308,6 +310,40 @@ def voxel_spacing_of(params: Any) -> tuple[float, ...] | None:
     if anisotropy is not None:
         return (float(anisotropy), 1.0, 1.0)
     return None
+
+
+#: How a stack is segmented: each 2-D plane on its own, or the last three axes as volumes.
+DIMENSIONS = ("2d-per-plane", "3d")
+
+
+def with_dimensions(params: Any, mode: str, spacing: Sequence[float] | None = None) -> Any:
+    """``params`` set up to segment each plane (``"2d-per-plane"``) or volumes (``"3d"``).
+
+    One switch for every backend (the Segment dock's and the command line's): the
+    classical segmenter gets ``mode`` (and ``spacing``, the (z, y, x) voxel size, when
+    given); Cellpose gets ``do_3D`` and ``anisotropy = spacing[0] / spacing[-1]`` (its
+    2-D-then-stitch mode, ``stitch_threshold > 0``, is kept as the 3-D choice when it is
+    set); per plane it gets neither. Parameters of other backends come back unchanged
+    (StarDist's dimensionality is its model's).
+    """
+    if mode not in DIMENSIONS:
+        raise ValueError(f"Choose the dimensions among {', '.join(DIMENSIONS)}, not {mode!r}.")
+    fields = {f.name for f in dataclasses.fields(params)}
+    changes: dict[str, Any] = {}
+    if "mode" in fields:
+        changes["mode"] = mode
+        if mode == "3d" and spacing is not None and "spacing" in fields:
+            changes["spacing"] = tuple(float(s) for s in spacing)
+    elif "do_3D" in fields:
+        if mode == "3d":
+            changes["do_3D"] = not getattr(params, "stitch_threshold", 0) > 0
+            if spacing is not None and "anisotropy" in fields:
+                changes["anisotropy"] = float(spacing[0]) / float(spacing[-1])
+        else:
+            changes["do_3D"] = False
+            if "stitch_threshold" in fields:
+                changes["stitch_threshold"] = 0.0
+    return dataclasses.replace(params, **changes) if changes else params
 
 
 def estimate_params_diameter(segmenter: str, params: Any, image: np.ndarray) -> Any:
