@@ -74,3 +74,24 @@ def test_with_dimensions_maps_one_switch_onto_each_backend():
     assert not flat.do_3D and flat.stitch_threshold == 0.0
     with pytest.raises(ValueError, match="dimensions"):
         with_dimensions(ClassicalParams(), "4d")
+
+
+def test_stardist_and_cellpose_say_when_they_segment_volumes(tmp_path):
+    """The pipeline measures in 3-D what a 3-D StarDist model or Cellpose's do_3D segments
+    (read from the model folder's config.json: nothing loaded, no TensorFlow)."""
+    from napari_phenotyper.core.pipeline import spatial_ndim_of
+    from napari_phenotyper.core.segment.stardist import StarDistParams, StarDistSegmenter
+
+    folder = tmp_path / "my3d"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"n_dim": 3, "axes": "ZYXC", "n_channel_in": 1}))
+    (folder / "weights_best.h5").write_bytes(b"")
+    seg = StarDistSegmenter()
+    assert spatial_ndim_of(seg, StarDistParams(model=str(folder))) == 3
+    assert spatial_ndim_of(seg, StarDistParams(model="2D_versatile_fluo")) == 2
+    assert spatial_ndim_of(seg, StarDistParams(model="3D_demo")) == 3
+    from napari_phenotyper.core.segment.cellpose import CellposeSegmenter
+
+    assert spatial_ndim_of(CellposeSegmenter(), CellposeParams(do_3D=True)) == 3
+    assert spatial_ndim_of(CellposeSegmenter(), CellposeParams(stitch_threshold=0.3)) == 3
+    assert spatial_ndim_of(CellposeSegmenter(), CellposeParams()) == 2
