@@ -95,3 +95,15 @@ def test_stardist_and_cellpose_say_when_they_segment_volumes(tmp_path):
     assert spatial_ndim_of(CellposeSegmenter(), CellposeParams(do_3D=True)) == 3
     assert spatial_ndim_of(CellposeSegmenter(), CellposeParams(stitch_threshold=0.3)) == 3
     assert spatial_ndim_of(CellposeSegmenter(), CellposeParams()) == 2
+
+
+def test_pipeline_file_keeps_the_voxel_size_and_batch_runs_in_3d(tmp_path, capsys):
+    img, _ = balls(touching=False)
+    tifffile.imwrite(tmp_path / "stack.tif", img)
+    spec = tmp_path / "p.json"
+    assert main(["pipeline", str(spec), "--spacing", "2,1,1", "--diameter", "16"]) == 0
+    assert json.loads(spec.read_text())["segmenter"]["params"]["spacing"] == [2.0, 1.0, 1.0]
+    out = tmp_path / "out"
+    assert main(["batch", str(spec), str(tmp_path / "stack.tif"), "--out", str(out), "--quiet"]) == 0
+    cells = pd.read_parquet(out / "cells.parquet")
+    assert len(cells) == 3 and "volume" in cells.columns
