@@ -122,7 +122,7 @@ def _diameter_arg(value: str | None) -> float | str | None:
 def _segment_params(segmenter_name: str, args: argparse.Namespace, image: np.ndarray | None = None) -> Any:
     """The segmenter's parameters from ``--param`` and ``--diameter`` (``auto``: estimated on ``image``)."""
     from .core.params import params_from_mapping
-    from .core.pipeline import estimate_params_diameter
+    from .core.pipeline import estimate_params_diameter, with_dimensions
     from .core.segment import get_segmenter
 
     seg = get_segmenter(segmenter_name)
@@ -135,11 +135,33 @@ def _segment_params(segmenter_name: str, args: argparse.Namespace, image: np.nda
         values["diameter"] = diameter
     try:
         params = params_from_mapping(seg.params_type, values)
+        dims, spacing = _dims_args(args)
+        if dims is not None:
+            params = with_dimensions(params, dims, spacing)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if diameter == "auto" and has_diameter and "diameter" not in values and image is not None:
         params = estimate_params_diameter(segmenter_name, params, image)
     return params
+
+
+def _dims_args(args: argparse.Namespace) -> tuple[str | None, tuple[float, ...] | None]:
+    """``--dims`` and ``--spacing``: how stacks are segmented, and the (z, y, x) voxel size.
+
+    ``--dims auto`` (the default) is ``3d`` when ``--spacing`` is given (a voxel size says the
+    stack is a volume) and leaves the segmenter's parameters as they are otherwise (per plane,
+    unless ``--param`` says otherwise).
+    """
+    text = getattr(args, "spacing", None)
+    spacing = None
+    if text is not None:
+        from .core.segment.classical3d import check_spacing
+
+        spacing = check_spacing(text)
+    dims = getattr(args, "dims", "auto") or "auto"
+    if dims == "auto":
+        return ("3d", spacing) if spacing is not None else (None, None)
+    return dims, spacing
 
 
 def _apply_model_arg(args: argparse.Namespace) -> None:
@@ -201,6 +223,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if not args.inputs and not args.sample:
         raise CLIError("Give image files/folders, or --sample NAME to run on a built-in sample.")
     _apply_model_arg(args)
+    if args.sample == "nuclei3d" and args.dims == "auto" and args.spacing is None:
+        args.spacing = ",".join(map(str, samples.NUCLEI_3D_SPACING))  # a volume: segment it in 3-D
     _segment_params(args.segmenter, args)  # unknown segmenter or parameter: fail before any work
     jobs: list[tuple[str, Callable[[], np.ndarray], np.ndarray | None]] = []
     if args.sample:
@@ -806,6 +830,19 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="channel to segment in a multi-channel image (default: luminance / mean)",
         )
+        p.add_argument(
+            "--dims",
+            choices=("auto", "2d-per-plane", "3d"),
+            default="auto",
+            help="segment a stack plane by plane or as (z, y, x) volumes (classical: mode, Cellpose: do_3D; "
+            "StarDist: its model decides); auto: 3d when --spacing is given, else the parameters' own choice",
+        )
+        p.add_argument(
+            "--spacing",
+            default=None,
+            metavar="Z,Y,X",
+            help="voxel size of a 3-D stack, e.g. 2,1,1 for a z step twice the pixel size (implies --dims 3d)",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     seg = sub.add_parser(
@@ -816,7 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--sample",
         default=None,
-        help="run on a built-in sample instead: nuclei (offline, with ground truth) or mitosis (downloaded)",
+        help="run on a built-in sample instead: nuclei (offline, with ground truth), nuclei3d (a 3-D stack "
+        "with ground truth, offline; segmented in 3-D) or mitosis (downloaded)",
     )
     seg.add_argument("--out", required=True, help="output folder (created if needed)")
     _add_feature_args(seg)

@@ -493,7 +493,7 @@ def test_empty_labels_same_columns_and_dtypes():
         (np.zeros((4, 4), float), {}, "integer dtype"),
         (np.zeros((4, 4), bool), {}, "integer dtype"),
         (-np.ones((4, 4), int), {}, "non-negative"),
-        (np.zeros((2, 4, 4), int), {}, "2D"),
+        (np.zeros((2, 2, 4, 4), int), {}, "2D"),  # 3-D labels get the 3-D features
         (np.zeros(4, int), {}, "2D"),
         (np.full((4, 4), 2**63, np.uint64), {}, "int64"),
         (np.zeros((4, 4), int), {"intensities": np.zeros((4, 5))}, "shape"),

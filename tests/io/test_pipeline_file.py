@@ -120,7 +120,7 @@ def test_schema_problems_are_all_listed_with_their_place(tmp_path):
     bad = {
         "format": "napari-phenotyper-pipeline",
         "version": 1,
-        "segmenter": {"name": "classical", "params": {"diameter": [1]}, "auto_diameter": "yes"},
+        "segmenter": {"name": "classical", "params": {"diameter": ["1"]}, "auto_diameter": "yes"},
         "channel": -1,
         "measure": {"groups": ["shape", "textur"], "texture_levels": 1},
         "classifier": {"path": "c.zip", "sha256": "abc"},

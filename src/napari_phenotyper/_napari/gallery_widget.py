@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 import napari
 
 from ..core.classify.workflow import PAGE_SIZE
-from ..core.gallery import ORDERS, SOURCES, Channel, Tile, crop_box, page_tiles, thumbnail
+from ..core.gallery import ORDERS, SOURCES, Channel, Tile, cell_plane, crop_box, page_tiles, thumbnail
 from .layers import fly_to_cell
 from .phenotype_widget import PhenotypeWidget, find_phenotypes
 
@@ -369,7 +369,7 @@ class GalleryWidget(QWidget):
             self.status.setText(f"{len(tiles)} cells: {what}.")
         return tiles
 
-    def _channels(self, labels: Any) -> list[Channel]:
+    def _channels(self, labels: Any, z: int | None = None) -> list[Channel]:
         """The image layers shown with ``labels``: visible ones of its shape (else any)."""
         shape = tuple(labels.data.shape[-2:])
         images = [
@@ -382,27 +382,34 @@ class GalleryWidget(QWidget):
         shown = [lay for lay in images if lay.visible] or images[:1]
         out = []
         for lay in shown:
-            data = self._plane(lay.data[0] if lay.multiscale else lay.data, rgb=lay.rgb)
+            data = self._plane(lay.data[0] if lay.multiscale else lay.data, rgb=lay.rgb, z=z)
             lut = None if lay.rgb else np.asarray(lay.colormap.map(np.linspace(0, 1, 256)))[:, :3]
             out.append(Channel(data, tuple(lay.contrast_limits), lut, float(lay.gamma)))
         return out
 
-    def _plane(self, data: Any, rgb: bool = False) -> Any:
-        """The 2-D plane (or RGB plane) of ``data`` the viewer shows now (lazy for dask)."""
+    def _plane(self, data: Any, rgb: bool = False, z: int | None = None) -> Any:
+        """The 2-D plane (or RGB plane) of ``data`` the viewer shows now (lazy for dask);
+        with ``z``, that plane of the last stack axis (a 3-D cell's middle plane)."""
         lead = data.ndim - (3 if rgb else 2)
         if lead <= 0:
             return data
         step = tuple(int(v) for v in self.viewer.dims.current_step)
-        return data[step[-(lead + 2) : -2] if len(step) >= lead + 2 else (0,) * lead]
+        idx = list(step[-(lead + 2) : -2] if len(step) >= lead + 2 else (0,) * lead)
+        if z is not None:
+            idx[-1] = min(max(0, z), data.shape[lead - 1] - 1)
+        return data[tuple(idx)]
 
     def _render(self, tile: Tile, size: int, cache: dict[str, Any]) -> QPixmap:
         """One thumbnail; ``cache`` keeps, per image key, its layer's channels and labels
         (looked up once per page, not once per tile)."""
-        if tile.key not in cache:
+        entry = self.session.images.get(tile.key)
+        z = None if entry is None else cell_plane(entry.table, tile.label)  # 3-D: the middle plane
+        if (tile.key, z) not in cache:
             pheno = self.phenotypes()
             layer = pheno.bridge.layer_of(tile.key) if pheno is not None else None
-            cache[tile.key] = None if layer is None else (self._channels(layer), self._plane(layer.data))
-        entry = self.session.images.get(tile.key)
+            found = None if layer is None else (self._channels(layer, z), self._plane(layer.data, z=z))
+            cache[(tile.key, z)] = found
+        cache[tile.key] = cache[(tile.key, z)]
         if cache[tile.key] is None or entry is None:
             pix = QPixmap(size, size)
             pix.fill(QColor("black"))

@@ -176,13 +176,16 @@ def cell_world_position(viewer: Any, layer: Labels, table: pd.DataFrame, label: 
     """World coordinates of a cell's centroid (all axes of ``layer``), from its table row.
 
     Uses the ``centroid_y``/``centroid_x`` columns and, for stacks, the ``axisN`` plane
-    columns; ``None`` when the table has no row or no centroid for ``label``.
+    columns, or for cells measured in 3-D ``centroid_z`` (rounded to the plane through the
+    cell's centre); ``None`` when the table has no row or no centroid for ``label``.
     """
     hit = np.flatnonzero(table["label"].to_numpy() == int(label)) if "label" in table else []
     if len(hit) == 0 or "centroid_y" not in table.columns:
         return None
     rec = table.iloc[int(hit[0])]
     plane = [int(rec[c]) for c in table.columns if c.startswith("axis") and c[4:].isdigit()]
+    if "centroid_z" in table.columns:
+        plane.append(round(float(rec["centroid_z"])))
     data_point = np.array([*plane, rec["centroid_y"], rec["centroid_x"]], dtype=float)
     lead = layer.ndim - len(data_point)
     if lead > 0:  # labels with more axes than the table knows: keep the current plane

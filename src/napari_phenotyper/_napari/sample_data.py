@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..samples import human_mitosis, nuclei_2d
+from ..samples import NUCLEI_3D_SPACING, human_mitosis, nuclei_2d, nuclei_3d
 
-__all__ = ["mitosis_sample", "nuclei_sample"]
+__all__ = ["mitosis_sample", "nuclei3d_sample", "nuclei_sample"]
 
 
 def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
@@ -19,6 +19,24 @@ def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
             "image",
         ),
         (mask, {"name": "nuclei ground truth", "opacity": 0.4, "visible": False}, "labels"),
+    ]
+
+
+def nuclei3d_sample() -> list[tuple[Any, dict[str, Any], str]]:
+    """A 3-D stack of fluorescent nuclei with its ground truth (offline), voxels twice as tall as wide."""
+    image, mask = nuclei_3d()
+    meta = {"sample": "stardist test_image_nuclei_3d"}
+    return [
+        (
+            image,
+            {"name": "nuclei 3D", "colormap": "gray", "scale": NUCLEI_3D_SPACING, "metadata": meta},
+            "image",
+        ),
+        (
+            mask,
+            {"name": "nuclei 3D ground truth", "opacity": 0.4, "visible": False, "scale": NUCLEI_3D_SPACING},
+            "labels",
+        ),
     ]
 
 

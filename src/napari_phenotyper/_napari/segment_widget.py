@@ -33,6 +33,7 @@ from ..core.progress import Progress
 from ..core.segment import get_segmenter
 from ..core.segment.models import BACKENDS as MODEL_BACKENDS
 from ..core.segment.registry import BUILTIN, available
+from .dims import apply_dims, default_dims, dims_combo, stack_axes
 from .docking import scroll_body, settle_when_docked
 from .layers import docked_widgets, find_result_layer, upsert_labels
 from .params_form import ModelChooser, ParamsForm, compact_widths, feature_groups_box, feature_set_combo
@@ -106,6 +107,7 @@ class SegmentWidget(Container):
             choices=[(s.display_name, n) for n, s in specs.items()],
             value="classical" if "classical" in specs else None,
         )
+        self.dims = dims_combo()  # shown for stacks: 2D per plane or 3D volume
         self.params_box = Container(labels=False)
         self.estimate = PushButton(text="Estimate diameter now")
         self.auto_diameter = CheckBox(
@@ -136,6 +138,7 @@ class SegmentWidget(Container):
                 self.image,
                 self.channel,
                 self.segmenter,
+                self.dims,
                 self.params_box,
                 self.auto_diameter,
                 self.estimate,
@@ -193,6 +196,8 @@ class SegmentWidget(Container):
             self.measure_in.reset_choices()
 
     def _on_image_changed(self, layer: Image | None) -> None:
+        self.dims.visible = layer is not None and stack_axes(layer) >= 3
+        self.dims.value = default_dims(self.viewer, layer)
         self.channel.reset_choices()
         self.channel.enabled = bool(layer is not None and layer.rgb)
         self.measure_in.reset_choices()
@@ -259,6 +264,8 @@ class SegmentWidget(Container):
             return
         editors = {"model": self._model_editor} if name in MODEL_BACKENDS else None
         self.form = ParamsForm(self._segmenter_obj.params_type, editors=editors)
+        if "mode" in self.form.editors:  # the dock's 2D/3D switch stands for it
+            self.form.editors["mode"].visible = False
         self.params_box.append(self.form)
         compact_widths(self.form.native)
         can = hasattr(self._segmenter_obj, "estimate_diameter") and "diameter" in self.form.editors
@@ -345,7 +352,7 @@ class SegmentWidget(Container):
             raise ValueError("Open or select an image layer to segment first.")
         if self.form is None:
             raise ValueError("Choose a segmenter first.")
-        params = self.form.params()
+        params = apply_dims(self.form.params(), self.dims.value, layer)
         groups = tuple(g for g, cb in self.groups.items() if cb.value)
         if not groups:
             raise ValueError("Tick at least one feature group to measure.")
@@ -439,10 +446,11 @@ class SegmentWidget(Container):
             show_error("Select an image (and a segmenter with a diameter) first.")
             return
         data, rgb, channel, name = _level0(layer), layer.rgb, self.channel.value, self.segmenter.value
+        params = apply_dims(seg.params_type(), self.dims.value, layer)  # a 3-D run: a 3-D estimate
 
         def _estimate() -> float:
             img = select_channel(np.asarray(data), -1 if rgb else None, channel)
-            return float(estimate_params_diameter(name, None, img).diameter)
+            return float(estimate_params_diameter(name, params, img).diameter)
 
         worker = create_worker(_estimate, _start_thread=False)
         worker.returned.connect(self._on_estimated)

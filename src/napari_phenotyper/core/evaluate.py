@@ -526,7 +526,10 @@ def iter_evaluate_folder(
             )
         p = base_params
         if diameter == "auto":
-            p = dataclasses.replace(p, diameter=float(estimator(image)))  # type: ignore[misc]
+            estimate_3d = getattr(segmenter, "estimate_diameter_3d", None)
+            volumetric = getattr(segmenter, "spatial_ndim_for", lambda _p: 2)(p) == 3 and image.ndim == 3
+            est = estimate_3d if volumetric and estimate_3d is not None else estimator
+            p = dataclasses.replace(p, diameter=float(est(image)))  # type: ignore[misc]
         elif diameter is not None:
             p = dataclasses.replace(p, diameter=float(diameter))
         t0 = time.perf_counter()

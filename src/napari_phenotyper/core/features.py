@@ -1296,6 +1296,11 @@ def compute_features(
     Returns
     -------
     pandas.DataFrame
-        See :func:`iter_features`.
+        See :func:`iter_features`; for 3-D ``(Z, Y, X)`` labels, the 3-D features of
+        :func:`~napari_phenotyper.core.features3d.iter_features_3d`.
     """
+    if np.ndim(labels) == 3:  # a volume: the 3-D features (core/features3d.py)
+        from .features3d import compute_features_3d
+
+        return compute_features_3d(labels, intensities, **kwargs)
     return run(iter_features(labels, intensities, **kwargs))

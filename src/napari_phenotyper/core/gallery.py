@@ -229,6 +229,15 @@ def crop_box(
     return ys, xs
 
 
+def cell_plane(table: pd.DataFrame, label: int) -> int | None:
+    """The z plane through the middle of a cell measured in 3-D (``centroid_z``, rounded),
+    where its thumbnail is cut; ``None`` for a 2-D table."""
+    if "centroid_z" not in table.columns:
+        return None
+    hit = np.flatnonzero(table["label"].to_numpy() == int(label))
+    return round(float(table["centroid_z"].iloc[int(hit[0])])) if len(hit) else None
+
+
 def _sample(n_in: int, n_out: int) -> np.ndarray:
     """Nearest-neighbour indices that resample ``n_in`` pixels to ``n_out``."""
     return np.minimum((np.arange(n_out) + 0.5) * n_in / n_out, n_in - 1).astype(np.intp)

@@ -33,6 +33,7 @@ from .segment.models import BACKENDS as MODEL_BACKENDS
 from .segment.models import ModelNotFoundError, describe_model, resolve_model
 
 __all__ = [
+    "DIMENSIONS",
     "PLANE_PREFIX",
     "MeasureParams",
     "SegmentResult",
@@ -44,6 +45,9 @@ __all__ = [
     "model_provenance",
     "package_versions",
     "select_channel",
+    "spatial_ndim_of",
+    "voxel_spacing_of",
+    "with_dimensions",
 ]
 
 #: Prefix of the columns that index the plane (time point, z slice...) of a cell in
@@ -285,8 +289,66 @@ def select_channel(
     return np.take(image, channel, axis=axis)
 
 
+def spatial_ndim_of(seg: Any, params: Any) -> int:
+    """How many trailing axes ``seg`` segments together with ``params`` (3 for a volume).
+
+    The segmenter's ``spatial_ndim_for(params)`` where it has one (the classical one in
+    ``mode="3d"``, Cellpose with ``do_3D`` or stitching, a 3-D StarDist model), else its
+    ``spatial_ndim``.
+    """
+    fn = getattr(seg, "spatial_ndim_for", None)
+    return int(fn(params)) if fn is not None else int(seg.spatial_ndim)
+
+
+def voxel_spacing_of(params: Any) -> tuple[float, ...] | None:
+    """The (z, y, x) voxel size ``params`` segment with: ``spacing`` (classical), or
+    ``(anisotropy, 1, 1)`` (Cellpose); ``None`` when they say nothing."""
+    spacing = getattr(params, "spacing", None)
+    if spacing is not None:
+        return tuple(float(s) for s in spacing)
+    anisotropy = getattr(params, "anisotropy", None)
+    if anisotropy is not None:
+        return (float(anisotropy), 1.0, 1.0)
+    return None
+
+
+#: How a stack is segmented: each 2-D plane on its own, or the last three axes as volumes.
+DIMENSIONS = ("2d-per-plane", "3d")
+
+
+def with_dimensions(params: Any, mode: str, spacing: Sequence[float] | None = None) -> Any:
+    """``params`` set up to segment each plane (``"2d-per-plane"``) or volumes (``"3d"``).
+
+    One switch for every backend (the Segment dock's and the command line's): the
+    classical segmenter gets ``mode`` (and ``spacing``, the (z, y, x) voxel size, when
+    given); Cellpose gets ``do_3D`` and ``anisotropy = spacing[0] / spacing[-1]`` (its
+    2-D-then-stitch mode, ``stitch_threshold > 0``, is kept as the 3-D choice when it is
+    set); per plane it gets neither. Parameters of other backends come back unchanged
+    (StarDist's dimensionality is its model's).
+    """
+    if mode not in DIMENSIONS:
+        raise ValueError(f"Choose the dimensions among {', '.join(DIMENSIONS)}, not {mode!r}.")
+    fields = {f.name for f in dataclasses.fields(params)}
+    changes: dict[str, Any] = {}
+    if "mode" in fields:
+        changes["mode"] = mode
+        if mode == "3d" and spacing is not None and "spacing" in fields:
+            changes["spacing"] = tuple(float(s) for s in spacing)
+    elif "do_3D" in fields:
+        if mode == "3d":
+            changes["do_3D"] = not getattr(params, "stitch_threshold", 0) > 0
+            if spacing is not None and "anisotropy" in fields:
+                changes["anisotropy"] = float(spacing[0]) / float(spacing[-1])
+        else:
+            changes["do_3D"] = False
+            if "stitch_threshold" in fields:
+                changes["stitch_threshold"] = 0.0
+    return dataclasses.replace(params, **changes) if changes else params
+
+
 def estimate_params_diameter(segmenter: str, params: Any, image: np.ndarray) -> Any:
-    """``params`` with its ``diameter`` estimated on ``image`` (its first plane for a stack).
+    """``params`` with its ``diameter`` estimated on ``image`` (its first plane for a stack,
+    or, where the segmenter works in 3-D and has ``estimate_diameter_3d``, its first volume).
 
     Unchanged when the segmenter has no ``estimate_diameter`` or no ``diameter`` parameter.
     """
@@ -295,7 +357,12 @@ def estimate_params_diameter(segmenter: str, params: Any, image: np.ndarray) -> 
     fields = {f.name for f in dataclasses.fields(params)}
     if "diameter" not in fields or not hasattr(seg, "estimate_diameter"):
         return params
+    nd = spatial_ndim_of(seg, params)
     plane = np.asarray(image)
+    if nd == 3 and plane.ndim >= 3 and hasattr(seg, "estimate_diameter_3d"):
+        while plane.ndim > 3:
+            plane = plane[0]
+        return dataclasses.replace(params, diameter=float(seg.estimate_diameter_3d(plane)))
     while plane.ndim > seg.spatial_ndim:
         plane = plane[0]
     return dataclasses.replace(params, diameter=float(seg.estimate_diameter(plane)))
@@ -326,7 +393,11 @@ def iter_segment(
         "segment_seconds": round(time.perf_counter() - t0, 3),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
+        # 3: the labels are volumes, measured in 3-D (core/features3d.py)
+        "spatial_ndim": spatial_ndim_of(seg, params) if np.ndim(labels) >= 3 else 2,
     }
+    if provenance["spatial_ndim"] == 3:
+        provenance["voxel_spacing"] = list(voxel_spacing_of(params) or (1.0, 1.0, 1.0))
     model_info = model_provenance(seg.name, params)
     if model_info is not None:
         provenance["model_info"] = model_info
@@ -369,11 +440,15 @@ def iter_measure(
     intensities: np.ndarray | Mapping[str, np.ndarray] | None = None,
     params: MeasureParams | None = None,
     spatial_ndim: int = 2,
+    spacing: Sequence[float] | None = None,
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Measure every cell of a label image, plane by plane over extra leading axes.
 
     For labels with leading axes (time, z) each plane is measured in 2D, and the
     table gets ``axis0``, ``axis1``... columns after ``label`` saying where the cell is.
+    With ``spatial_ndim=3`` the last three axes are volumes measured in 3-D
+    (:mod:`.features3d`, with the voxel ``spacing``; Zernike moments are 2-D only and
+    left out; the CellProfiler set is 2-D only), volume by volume over leading axes.
 
     Parameters
     ----------
@@ -399,11 +474,24 @@ def iter_measure(
                 f"{labels.shape}; measure on an image of the same size as the segmentation."
             )
     measure: Callable[..., Generator[Progress, None, pd.DataFrame]]
-    if params.feature_set == "cellprofiler":
+    if spatial_ndim == 3:
+        from .features3d import iter_features_3d
+
+        if params.feature_set != "default":
+            raise ValueError(
+                "The CellProfiler feature set is 2-D only; measure 3-D labels with the default set."
+            )
+        measure = iter_features_3d
+        kwargs: dict[str, Any] = {
+            "groups": tuple(g for g in params.groups if g != "zernike"),
+            "texture_levels": params.texture_levels,
+            "spacing": spacing,
+        }
+    elif params.feature_set == "cellprofiler":
         from .cellprofiler import iter_cellprofiler_features
 
         measure = iter_cellprofiler_features
-        kwargs: dict[str, Any] = {"groups": params.groups, "positions": True}
+        kwargs = {"groups": params.groups, "positions": True}
     else:
         measure = iter_features
         kwargs = {"groups": params.groups, "texture_levels": params.texture_levels}
@@ -421,8 +509,9 @@ def iter_measure(
             df.insert(1, f"{PLANE_PREFIX}{ax}", np.full(len(df), value, dtype=np.int64))
         tables.append(df)
     if not tables:  # a zero-length leading axis: an empty table with the usual columns and dtypes
+        one = (1,) * spatial_ndim
         empty = yield from measure(
-            np.zeros((1, 1), np.uint32), {k: np.zeros((1, 1)) for k in channels} or None, **kwargs
+            np.zeros(one, np.uint32), {k: np.zeros(one) for k in channels} or None, **kwargs
         )
         for ax in reversed(range(len(lead))):
             empty.insert(1, f"{PLANE_PREFIX}{ax}", np.zeros(0, dtype=np.int64))
@@ -475,7 +564,18 @@ def iter_segment_and_measure(
     if intensities is None:
         intensities = {DEFAULT_CHANNEL: plane}
     t0 = time.perf_counter()
-    features = yield from sub_progress(iter_measure(labels, intensities, measure), 1, 2, "Measure: ")
+    features = yield from sub_progress(
+        iter_measure(
+            labels,
+            intensities,
+            measure,
+            spatial_ndim=int(provenance.get("spatial_ndim", 2)),
+            spacing=provenance.get("voxel_spacing"),
+        ),
+        1,
+        2,
+        "Measure: ",
+    )
     provenance["measure"] = dataclasses.asdict(measure or MeasureParams())
     provenance["measure_seconds"] = round(time.perf_counter() - t0, 3)
     provenance["channel_axis"] = channel_axis

@@ -333,11 +333,20 @@ class PipelineSpec:
             if not isinstance(params, Mapping):
                 problems.append("segmenter.params: must be an object of parameter names and values.")
             else:
-                nested = [k for k, v in params.items() if isinstance(v, Mapping | list)]
+                # a list of numbers is plain too: a voxel size (spacing: [2, 1, 1])
+                nested = [
+                    k
+                    for k, v in params.items()
+                    if isinstance(v, Mapping)
+                    or (
+                        isinstance(v, list)
+                        and not all(isinstance(e, int | float) and not isinstance(e, bool) for e in v)
+                    )
+                ]
                 if nested:
                     problems.append(
                         f"segmenter.params: {', '.join(map(str, nested))} must be plain values "
-                        "(number, text, true/false or null)."
+                        "(number, text, true/false, null, or a list of numbers)."
                     )
                 kwargs["params"] = {str(k): v for k, v in params.items()}
             auto = seg.get("auto_diameter", False)

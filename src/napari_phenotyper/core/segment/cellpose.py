@@ -463,6 +463,10 @@ class CellposeSegmenter:
 
     # -- protocol -------------------------------------------------------------------
 
+    def spatial_ndim_for(self, params: CellposeParams | None = None) -> int:
+        """3 with ``do_3D`` or stitching (the last three axes are one volume), else 2."""
+        return 3 if params is not None and params.volumetric else 2
+
     def device(self, params: CellposeParams | None = None) -> str:
         """Where the last :meth:`segment` ran (with peak GPU memory), else where it would run."""
         if self._last_device is not None:

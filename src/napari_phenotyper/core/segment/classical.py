@@ -25,6 +25,11 @@ The pipeline for one 2-D plane:
    ``docs/accuracy.md``) the blob seeds are better on average.
 6. **Filter.** Objects outside ``[min_size, max_size]`` pixels (and, optionally, objects
    touching the border) are dropped, and ids are made consecutive from 1.
+
+Stacks are segmented plane by plane (``mode="2d-per-plane"``, the default: leading axes
+may be time) or, with ``mode="3d"``, as (Z, Y, X) volumes with the voxel size
+``spacing`` (:mod:`.classical3d`: the same steps, each volumetric and isotropic in
+physical space).
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..progress import Progress
-from .base import check_image, planewise
+from .base import SegmentationError, check_image, planewise
 
-__all__ = ["ClassicalParams", "ClassicalSegmenter", "estimate_diameter", "segment_plane"]
+__all__ = ["MODES", "ClassicalParams", "ClassicalSegmenter", "estimate_diameter", "segment_plane"]
 
 _METHODS = ("otsu", "li", "triangle")
+#: How stacks are segmented: each 2-D plane on its own, or (Z, Y, X) volumes in 3-D.
+MODES = ("2d-per-plane", "3d")
 # Blob seeds: LoG scale relative to the one matched to a disk of the given diameter, and
 # the smallest distance between two seeds as a fraction of the diameter (tuned on the
 # annotated data sets, see docs/accuracy.md).
@@ -122,6 +129,17 @@ class ClassicalParams:
         Segment dark objects on a bright background (brightfield, H&E). ``None`` (default)
         decides per plane: inverted when its intensity histogram is left-skewed (the long
         tail, i.e. the minority phase that the nuclei form, lies on the dark side).
+    mode : {"2d-per-plane", "3d"}
+        How an image with leading axes is segmented: every 2-D plane on its own, ids
+        unique over the stack (``"2d-per-plane"``, default: the leading axes may be time),
+        or the last three axes as a (Z, Y, X) volume (``"3d"``; leading axes beyond them
+        volume by volume). In 3-D ``min_size`` and ``max_size`` are voxel counts (default:
+        the volumes of balls of diameter ``diameter / 3`` and ``4 * diameter``) and the
+        diameter is in in-plane pixels.
+    spacing : (float, float, float) or None
+        With ``mode="3d"``: the voxel size (z, y, x), in any unit, e.g. ``(2, 1, 1)`` for
+        a z step twice the pixel size (a string ``"2,1,1"`` is accepted). Only its ratios
+        matter. ``None`` (default): isotropic voxels.
 
     Raises
     ------
@@ -143,8 +161,21 @@ class ClassicalParams:
     exclude_border: bool = False
     fill_holes: bool = True
     invert: bool | None = None
+    mode: Literal["2d-per-plane", "3d"] = "2d-per-plane"
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
+        from .classical3d import check_spacing
+
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}.")
+        if isinstance(self.spacing, str) and not self.spacing.strip():
+            object.__setattr__(self, "spacing", None)
+        if self.spacing is not None:  # a list (from a file) or "2,1,1" (command line, form)
+            object.__setattr__(self, "spacing", check_spacing(self.spacing))
+        lo, hi = self.size_limits()
+        if lo > hi:
+            raise ValueError(f"min_size ({lo:g}) must not exceed max_size ({hi:g}).")
         _positive_or_none("diameter", self.diameter)
         if self.diameter is None:
             raise ValueError("diameter must be a positive number, got None.")
@@ -165,19 +196,19 @@ class ClassicalParams:
         _positive_or_none("h", self.h)
         _positive_or_none("min_size", self.min_size)
         _positive_or_none("max_size", self.max_size)
-        if self.max_size is not None and self.effective_min_size > self.max_size:
-            raise ValueError(
-                f"min_size ({self.effective_min_size:g}) must not exceed max_size ({self.max_size:g})."
-            )
-        if self.min_size is not None and self.effective_max_size < self.min_size:
-            raise ValueError(
-                f"min_size ({self.min_size:g}) must not exceed max_size ({self.effective_max_size:g})."
-            )
         for name in ("flatten_background", "split_touching", "exclude_border", "fill_holes"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if self.invert is not None and not isinstance(self.invert, (bool, np.bool_)):
             raise ValueError(f"invert must be True, False or None, got {self.invert!r}.")
+
+    def size_limits(self) -> tuple[float, float]:
+        """Smallest and largest object kept: pixels, or voxels in ``mode="3d"``."""
+        if self.mode == "3d":
+            from .classical3d import volume_limits
+
+            return volume_limits(self, self.spacing or (1.0, 1.0, 1.0))
+        return self.effective_min_size, self.effective_max_size
 
     @property
     def effective_smoothing(self) -> float:
@@ -191,14 +222,14 @@ class ClassicalParams:
 
     @property
     def effective_min_size(self) -> float:
-        """Smallest object area kept (pixels)."""
+        """Smallest object area kept in 2-D (pixels; :meth:`size_limits` for 3-D)."""
         if self.min_size is not None:
             return float(self.min_size)
         return math.pi * (self.diameter / 6) ** 2
 
     @property
     def effective_max_size(self) -> float:
-        """Largest object area kept (pixels)."""
+        """Largest object area kept in 2-D (pixels; :meth:`size_limits` for 3-D)."""
         if self.max_size is not None:
             return float(self.max_size)
         return math.pi * (2 * self.diameter) ** 2
@@ -563,6 +594,13 @@ class ClassicalSegmenter:
 
     estimate_diameter = staticmethod(estimate_diameter)
 
+    @staticmethod
+    def estimate_diameter_3d(volume: np.ndarray) -> float:
+        """The in-plane nucleus diameter of a (Z, Y, X) volume (:func:`.classical3d.estimate_diameter_3d`)."""
+        from .classical3d import estimate_diameter_3d
+
+        return estimate_diameter_3d(volume)
+
     def segment(
         self, image: np.ndarray, params: ClassicalParams | None = None
     ) -> Generator[Progress, None, np.ndarray]:
@@ -583,6 +621,8 @@ class ClassicalSegmenter:
         params = ClassicalParams() if params is None else params
         if not isinstance(params, ClassicalParams):
             raise TypeError(f"Expected ClassicalParams, got {type(params).__name__}.")
+        if params.mode == "3d":
+            return (yield from self._segment_3d(image, params))
         arr = check_image(image, 2)
         if arr.ndim == 2:
             steps = 2 + int(params.flatten_background) + int(params.split_touching)
@@ -600,6 +640,41 @@ class ClassicalSegmenter:
             yield Progress(steps, steps, f"Segmented {int(labels.max())} nuclei")
             return labels
         return (yield from planewise(arr, lambda p: segment_plane(p, params), 2, "Segmenting nuclei"))
+
+    def _segment_3d(
+        self, image: np.ndarray, params: ClassicalParams
+    ) -> Generator[Progress, None, np.ndarray]:
+        from .classical3d import segment_volume, segment_volume_steps
+
+        arr = np.asarray(image)
+        if arr.ndim < 3:
+            raise SegmentationError(
+                f"3-D segmentation needs a (Z, Y, X) stack, got a 2-D image of shape {arr.shape}; "
+                "use mode='2d-per-plane' for single planes."
+            )
+        arr = check_image(arr, 3)
+        if arr.ndim > 3:  # (T, Z, Y, X): volume by volume, ids unique over the series
+            return (
+                yield from planewise(arr, lambda v: segment_volume(v, params), 3, "Segmenting nuclei in 3-D")
+            )
+        steps = 2 + int(params.flatten_background) + int(params.split_touching)
+        yield Progress(0, steps, "Segmenting nuclei in 3-D")
+        gen = segment_volume_steps(arr, params)
+        k = 0
+        while True:
+            try:
+                msg = next(gen)
+            except StopIteration as stop:
+                labels = stop.value
+                break
+            k += 1
+            yield Progress(min(k, steps - 1), steps, f"Segmenting nuclei in 3-D: {msg}")
+        yield Progress(steps, steps, f"Segmented {int(labels.max())} nuclei in 3-D")
+        return labels
+
+    def spatial_ndim_for(self, params: ClassicalParams | None = None) -> int:
+        """Axes segmented together with ``params``: 3 in ``mode="3d"``, else 2."""
+        return 3 if params is not None and params.mode == "3d" else 2
 
     def device(self, params: ClassicalParams | None = None) -> str:
         """Always ``"CPU"``."""

@@ -555,6 +555,17 @@ class StarDistSegmenter:
 
         return (yield from planewise(arr, one, nd, "StarDist"))
 
+    def spatial_ndim_for(self, params: StarDistParams | None = None) -> int:
+        """The model's dimensionality: 3 for a 3-D model (``3D_demo``, or a folder whose
+        ``config.json`` says ``n_dim: 3``), else 2. Nothing is downloaded or loaded."""
+        params = StarDistParams() if params is None else params
+        try:
+            info = resolve_model("stardist", params.model, download=False)
+        except (ModelNotFoundError, ValueError):
+            return 3 if str(params.model).startswith("3D") else 2
+        ndim = (info.metadata or {}).get("ndim")
+        return int(ndim) if ndim in (2, 3) else (3 if info.name.startswith("3D") else 2)
+
     def device(self, params: StarDistParams | None = None) -> str:
         """``"CPU (TensorFlow)"`` or ``"GPU (<name>, TensorFlow)"``.
 
