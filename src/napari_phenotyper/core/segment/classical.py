@@ -29,6 +29,7 @@ The pipeline for one 2-D plane:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -600,6 +601,22 @@ class ClassicalSegmenter:
             yield Progress(steps, steps, f"Segmented {int(labels.max())} nuclei")
             return labels
         return (yield from planewise(arr, lambda p: segment_plane(p, params), 2, "Segmenting nuclei"))
+
+    def blockwise_params(self, params: ClassicalParams | None, overview: np.ndarray) -> ClassicalParams:
+        """``params`` for segmenting an image block by block, with image-wide choices fixed.
+
+        Whether the objects are dark (``invert=None``) is decided once, on ``overview``
+        (a subsampled copy of the whole image), so that a block of background or of
+        unusually dense nuclei does not flip. Everything else stays per block, as for
+        tiles processed one by one.
+        """
+        params = ClassicalParams() if params is None else params
+        if params.invert is not None:
+            return params
+        norm = _normalise(np.asarray(overview))
+        if norm is None:
+            return params
+        return dataclasses.replace(params, invert=_auto_invert(*norm))
 
     def device(self, params: ClassicalParams | None = None) -> str:
         """Always ``"CPU"``."""
