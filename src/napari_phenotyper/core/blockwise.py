@@ -58,7 +58,7 @@ from .pipeline import (
 )
 from .progress import Progress
 from .segment import get_segmenter
-from .segment.base import SegmentationError, as_label_image
+from .segment.base import SegmentationError, Segmenter, as_label_image
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -314,7 +314,7 @@ def _check_labels_out(labels_out: Any, shape: tuple[int, int]) -> None:
 
 def iter_segment_blockwise(
     image: Any,
-    segmenter: str = "classical",
+    segmenter: str | Segmenter = "classical",
     params: Any = None,
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
@@ -334,8 +334,9 @@ def iter_segment_blockwise(
     ----------
     image : array-like
         2-D, or 2-D with a channel axis; only one block is read at a time.
-    segmenter : str
-        Registered segmenter name.
+    segmenter : str or Segmenter
+        Registered segmenter name, or an object following the
+        :class:`~.segment.base.Segmenter` protocol.
     params : dataclass, optional
         Its parameters (defaults when omitted). A segmenter may fix image-wide choices
         first from an overview of the whole image (``blockwise_params``, e.g. the
@@ -375,15 +376,15 @@ def iter_segment_blockwise(
     -------
     BlockwiseResult
     """
-    seg = get_segmenter(segmenter)
+    seg = get_segmenter(segmenter) if isinstance(segmenter, str) else segmenter
     if params is None:
         params = seg.params_type()
     elif not isinstance(params, seg.params_type):
         raise TypeError(
-            f"Parameters for {segmenter!r} must be {seg.params_type.__name__}, got {type(params).__name__}."
+            f"Parameters for {seg.name!r} must be {seg.params_type.__name__}, got {type(params).__name__}."
         )
     if seg.spatial_ndim != 2:
-        raise SegmentationError(f"Block-wise segmentation is 2-D; the {segmenter} segmenter is {seg.spatial_ndim}-D.")
+        raise SegmentationError(f"Block-wise segmentation is 2-D; the {seg.name} segmenter is {seg.spatial_ndim}-D.")
     measure = measure or MeasureParams()
     read = _Reader(image, channel_axis, channel)
     shape = read.shape
