@@ -432,9 +432,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 if isinstance(piece, Path):
                     piece.unlink(missing_ok=True)
         summary = write_summary_csv(per_image, out / "summary.csv")
-        print(
-            f"Wrote {n_cells} cells from {len(tables)} image(s) to {csv} and the summary to {summary.name}"
-        )
+        print(f"Wrote {n_cells} cells from {len(tables)} image(s) to {csv} and the summary to {summary.name}")
     manifest = {
         "napari_phenotyper": __version__,
         "command": "segment",

@@ -196,7 +196,9 @@ def test_channel_axis_selects_the_channel():
     image, _ = border_disks()
     stack = np.stack([np.zeros_like(image), image, image[::-1]])  # (C, Y, X)
     seg, params = ThresholdSegmenter(), ThresholdParams()
-    one = run(iter_segment_blockwise(stack, seg, params, block_size=B, channel_axis=0, channel=1, features=False))
+    one = run(
+        iter_segment_blockwise(stack, seg, params, block_size=B, channel_axis=0, channel=1, features=False)
+    )
     ref = run(iter_segment_blockwise(image, seg, params, block_size=B, features=False))
     assert np.array_equal(one.labels, ref.labels)
 
@@ -290,7 +292,9 @@ def test_zarr_labels_and_streamed_table(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.parquet", "labels.zarr"]  # no temporaries
     # CSV too, and an array to write into
     out = np.zeros(image.shape, np.uint32)
-    run(iter_segment_blockwise(image, seg, params, block_size=B, labels_out=out, table_out=tmp_path / "c.csv"))
+    run(
+        iter_segment_blockwise(image, seg, params, block_size=B, labels_out=out, table_out=tmp_path / "c.csv")
+    )
     assert np.array_equal(out, mem.labels)
     assert len(pd.read_csv(tmp_path / "c.csv")) == mem.n_objects
 
@@ -298,7 +302,9 @@ def test_zarr_labels_and_streamed_table(tmp_path):
 def test_progress_per_block_and_cancel_leaves_nothing(tmp_path):
     image, _ = border_disks()
     records = []
-    run(iter_segment_blockwise(image, "classical", ClassicalParams(diameter=18), block_size=B), records.append)
+    run(
+        iter_segment_blockwise(image, "classical", ClassicalParams(diameter=18), block_size=B), records.append
+    )
     blocks = {r.message.split(":")[0] for r in records if r.message.startswith("Block ")}
     assert blocks == {f"Block {i}/16" for i in range(1, 17)}
     assert records[-1].fraction == 1.0

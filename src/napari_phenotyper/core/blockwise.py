@@ -207,7 +207,11 @@ class _Reader:
             )
         self.image, self.channel_axis, self.channel = image, channel_axis, channel
         self.shape = (shape[self.spatial[0]], shape[self.spatial[1]])
-        if channel_axis is not None and channel is not None and not -shape[channel_axis] <= channel < shape[channel_axis]:
+        if (
+            channel_axis is not None
+            and channel is not None
+            and not -shape[channel_axis] <= channel < shape[channel_axis]
+        ):
             raise SegmentationError(
                 f"Channel {channel} does not exist: this image has {shape[channel_axis]} channels."
             )
@@ -384,7 +388,9 @@ def iter_segment_blockwise(
             f"Parameters for {seg.name!r} must be {seg.params_type.__name__}, got {type(params).__name__}."
         )
     if seg.spatial_ndim != 2:
-        raise SegmentationError(f"Block-wise segmentation is 2-D; the {seg.name} segmenter is {seg.spatial_ndim}-D.")
+        raise SegmentationError(
+            f"Block-wise segmentation is 2-D; the {seg.name} segmenter is {seg.spatial_ndim}-D."
+        )
     measure = measure or MeasureParams()
     read = _Reader(image, channel_axis, channel)
     shape = read.shape
@@ -407,7 +413,9 @@ def iter_segment_blockwise(
         else:
             _check_labels_out(labels_out, shape)
             out = labels_out
-        result = yield from _run(seg, params, read, grid, out, measure if features else None, table_out, image_name)
+        result = yield from _run(
+            seg, params, read, grid, out, measure if features else None, table_out, image_name
+        )
         if labels_path is not None and pyramid:
             yield Progress(1, 1, "Writing the downsampled labels")
             from ..io.ome_zarr import add_pyramid
@@ -432,9 +440,7 @@ def _run(
     image_name: str | None,
 ) -> Generator[Progress, None, BlockwiseResult]:
     fix = getattr(seg, "blockwise_params", None)
-    texture = (
-        measure is not None and "texture" in measure.groups and measure.feature_set == "default"
-    )
+    texture = measure is not None and "texture" in measure.groups and measure.feature_set == "default"
     first_pass = texture or callable(fix)
     value_range: tuple[float, float] | None = None
     n = len(grid)
@@ -549,7 +555,9 @@ def _blocks(
                 break
             yield Progress(base + int(900 * p.fraction), total * 1000, f"{label}: {p.message}")
         if lab.shape != plane.shape:
-            raise RuntimeError(f"The {seg.name} segmenter returned shape {lab.shape} for a block of {plane.shape}.")
+            raise RuntimeError(
+                f"The {seg.name} segmenter returned shape {lab.shape} for a block of {plane.shape}."
+            )
         del plane
         seconds["segment"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -593,7 +601,9 @@ def _blocks(
         if region is not None and measure is not None:
             pending[(r, c)] = _Pending(first, next_id, region)
         for key in [k for k in pending if grid.neighbours_done(*k, done)]:
-            yield Progress(base + 950, total * 1000, f"{label}: measuring block {key[0] * grid.cols + key[1] + 1}")
+            yield Progress(
+                base + 950, total * 1000, f"{label}: measuring block {key[0] * grid.cols + key[1] + 1}"
+            )
             yield from measure_block(key, pending.pop(key))
     for key in list(pending):  # every block is segmented: the rest are ready
         yield from measure_block(key, pending.pop(key))

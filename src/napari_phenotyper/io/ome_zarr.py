@@ -169,7 +169,9 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> OmeZarrImage:
     if hasattr(node, "shape"):  # a bare array
         axes = {2: "yx", 3: "cyx"}.get(node.ndim)
         if axes is None:
-            raise ValueError(f"{p.name} is a {node.ndim}-D Zarr array without OME metadata; expected yx or cyx.")
+            raise ValueError(
+                f"{p.name} is a {node.ndim}-D Zarr array without OME metadata; expected yx or cyx."
+            )
         return OmeZarrImage(node, axes, p, p.stem)
     ms = _multiscales(dict(node.attrs))
     if ms is None:
