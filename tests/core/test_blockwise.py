@@ -112,7 +112,8 @@ def test_local_segmenter_block_wise_equals_whole_image():
     assert relabel_equal(res.labels, truth)
     assert sorted(np.unique(res.labels))[1:] == list(range(1, res.n_objects + 1))  # ids 1..n
     bw = res.provenance["blockwise"]
-    assert bw["grid"] == [4, 4] and bw["oversized"] == bw["duplicates"] == bw["conflict_pixels"] == 0
+    assert bw["grid"] == [4, 4]
+    assert bw["oversized"] == bw["duplicates"] == bw["rescued"] == bw["conflict_pixels"] == 0
 
 
 def test_classical_on_objects_across_borders_and_corners():
@@ -156,6 +157,22 @@ def test_an_object_two_blocks_both_keep_is_written_once():
     assert res.n_objects == 1
     assert res.provenance["blockwise"]["duplicates"] == 1
     assert np.unique(res.labels).tolist() == [0, 1]
+    assert len(res.features) == 1
+
+
+def test_an_object_each_block_puts_in_the_other_is_not_lost():
+    # The biased segmenter now moves the straddling disk away from each block's centre:
+    # block 0 sees its centroid in block 1's core and block 1 in block 0's. Block 1 rescues it.
+    image = np.zeros((B, 2 * B), np.float32)
+    image[disk((64, B - 0.5), 8, shape=image.shape)] = 1000
+    res = run(
+        iter_segment_blockwise(
+            image, ThresholdSegmenter(), ThresholdParams(shift=-2), block_size=B, overlap=32
+        )
+    )
+    assert res.n_objects == 1
+    bw = res.provenance["blockwise"]
+    assert (bw["rescued"], bw["duplicates"]) == (1, 0)
     assert len(res.features) == 1
 
 

@@ -6,6 +6,10 @@ take a 2-D numpy plane, see :mod:`.segment.base`). The stitching rule:
 
 * an object belongs to the block whose core holds its centroid; cores tile the image, so
   exactly one block keeps any object that all blocks see alike;
+* two blocks may see an object that straddles their border a pixel differently, each
+  putting its centroid on the other's side: so a block also *rescues* an object whose
+  centroid lies within a few pixels outside its core, in the core of a block segmented
+  before it, unless that block already wrote it (see below). No object is lost that way;
 * a kept object is written whole (its pixels in the margin too) with a new, globally
   unique id; its centroid lies in the core and, as long as it is no larger than the
   margin, it lies inside the block's crop without touching its edge, so it is not cut;
@@ -178,6 +182,8 @@ class BlockwiseResult:
         Backend, parameters, device, versions, timings, and the block-wise figures:
         ``block_size``, ``overlap``, ``n_blocks``, ``oversized`` (objects larger than
         the margin, kept cut), ``duplicates`` (objects two blocks kept, dropped once),
+        ``rescued`` (objects kept by the block next to the one their centroid is in,
+        which had seen them on this side of the border),
         ``conflict_pixels`` (pixels a later block's object could not take).
     """
 
@@ -250,11 +256,22 @@ def _prepass(
 
 
 def _objects_to_keep(
-    lab: np.ndarray, crop: tuple[int, int, int, int], core: tuple[int, int, int, int], shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per block label: kept (centroid in the core), oversized (kept and touching the crop's edge), area."""
+    lab: np.ndarray,
+    grid: BlockGrid,
+    block: tuple[int, int],
+    done: set[tuple[int, int]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per block label: kept (centroid in the core), rescued, oversized, area.
+
+    *Rescued*: the centroid lies just outside the core (within :func:`_tolerance`), in the
+    core of a block already segmented: that block may have seen the same object's centroid
+    on this side of the border (two segmentations of a block-straddling object differ by a
+    pixel), so this block keeps it too unless it is already written. *Oversized*: kept or
+    rescued but touching the crop's edge inside the image (larger than the margin).
+    """
     n = int(lab.max())
-    y0, y1, x0, x1 = crop
+    y0, y1, x0, x1 = grid.crop(*block)
+    core = grid.core(*block)
     flat = lab.ravel()
     nz = np.flatnonzero(flat)
     ids = flat[nz]
@@ -263,23 +280,45 @@ def _objects_to_keep(
     with np.errstate(invalid="ignore", divide="ignore"):
         cy = np.bincount(ids, weights=nz // w, minlength=n + 1) / area + y0
         cx = np.bincount(ids, weights=nz % w, minlength=n + 1) / area + x0
-    fy, fx = np.floor(cy), np.floor(cx)
-    keep = (area > 0) & (fy >= core[0]) & (fy < core[1]) & (fx >= core[2]) & (fx < core[3])
-    keep[0] = False
+    present = area > 0
+    present[0] = False
+    fy, fx = np.floor(np.where(present, cy, -1)), np.floor(np.where(present, cx, -1))
+    keep = present & (fy >= core[0]) & (fy < core[1]) & (fx >= core[2]) & (fx < core[3])
+    tol = _tolerance(grid.overlap)
+    near = (
+        present
+        & ~keep
+        & (fy >= core[0] - tol)
+        & (fy < core[1] + tol)
+        & (fx >= core[2] - tol)
+        & (fx < core[3] + tol)
+    )
+    rescue = np.zeros(n + 1, bool)
+    for k in np.flatnonzero(near):
+        owner = (
+            min(grid.rows - 1, max(0, int(fy[k]) // grid.block)),
+            min(grid.cols - 1, max(0, int(fx[k]) // grid.block)),
+        )
+        rescue[k] = owner in done
     edges = []  # only the crop's edges inside the image cut objects
     if y0 > 0:
         edges.append(lab[0])
-    if y1 < shape[0]:
+    if y1 < grid.shape[0]:
         edges.append(lab[-1])
     if x0 > 0:
         edges.append(lab[:, 0])
-    if x1 < shape[1]:
+    if x1 < grid.shape[1]:
         edges.append(lab[:, -1])
     touch = np.zeros(n + 1, bool)
     if edges:
         touch[np.unique(np.concatenate(edges))] = True
     touch[0] = False
-    return keep, keep & touch, area
+    return keep, rescue, (keep | rescue) & touch, area
+
+
+def _tolerance(overlap: int) -> int:
+    """How far outside its core (pixels) a block still rescues an object's centroid."""
+    return max(2, overlap // 10)
 
 
 def _bbox(lab: np.ndarray, keep: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -509,7 +548,7 @@ def _blocks(
     total = n + int(first_pass)
     kept_tables: list[pd.DataFrame] = []
 
-    stats = {"oversized": 0, "duplicates": 0, "conflict_pixels": 0}
+    stats = {"oversized": 0, "duplicates": 0, "rescued": 0, "conflict_pixels": 0}
     seconds = {"segment": 0.0, "measure": 0.0, "write": 0.0}
     next_id = 0
     done: set[tuple[int, int]] = set()
@@ -564,7 +603,8 @@ def _blocks(
         first = next_id + 1
         region = None
         if lab.any():
-            keep, oversized, area = _objects_to_keep(lab, crop, grid.core(r, c), grid.shape)
+            claimed, rescue, oversized, area = _objects_to_keep(lab, grid, (r, c), done)
+            keep = claimed | rescue
             box = _bbox(lab, keep)
             if box is not None:
                 by0, by1, bx0, bx1 = box
@@ -573,9 +613,10 @@ def _blocks(
                 existing = np.array(out[gy0 : gy0 + sub.shape[0], gx0 : gx0 + sub.shape[1]], dtype=np.uint32)
                 mine = keep[sub]
                 taken = np.bincount(sub[mine & (existing > 0)], minlength=keep.size)
-                duplicate = keep & (taken * 2 > area)
-                keep &= ~duplicate
-                stats["duplicates"] += int(duplicate.sum())
+                written = taken * 2 > area  # mostly written already by an earlier block
+                keep &= ~written
+                stats["duplicates"] += int((claimed & written).sum())
+                stats["rescued"] += int((rescue & keep).sum())
                 stats["oversized"] += int((oversized & keep).sum())
                 new_ids = np.zeros(keep.size, np.uint32)
                 k = int(keep.sum())
