@@ -1,6 +1,7 @@
 """Command line: the same pipeline as the napari widgets, headless.
 
 napari-phenotyper segment IMAGES... --out DIR       segment + measure, write labels, cells.csv, summary.csv
+                                                     (OME-Zarr and very large images block by block)
 napari-phenotyper segment --sample nuclei --out DIR  the built-in sample (with ground truth)
 napari-phenotyper evaluate --images DIR --masks DIR  accuracy against instance masks
 napari-phenotyper pipeline OUT.json [options]        save a pipeline file for batch runs
@@ -38,11 +39,17 @@ def _expand_inputs(
 ) -> list[Path]:
     """Files, folders (their files with ``suffixes``, sorted) and glob patterns -> paths."""
     paths: list[Path] = []
+    zarr_ok = ".zarr" in suffixes
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        if zarr_ok and _is_zarr(p):  # a Zarr store is a folder, but one image
+            paths.append(p)
+        elif p.is_dir():
             found = sorted(
-                q for q in p.iterdir() if q.suffix.lower() in suffixes and not q.name.startswith(".")
+                q
+                for q in p.iterdir()
+                if (q.suffix.lower() in suffixes and (q.is_file() or (zarr_ok and _is_zarr(q))))
+                and not q.name.startswith(".")
             )
             if not found:
                 raise CLIError(f"No {what} ({', '.join(suffixes)}) in folder {p}.")
@@ -50,11 +57,19 @@ def _expand_inputs(
         elif p.is_file():
             paths.append(p)
         else:
-            matches = sorted(Path(m) for m in glob.glob(item) if Path(m).is_file())
+            matches = sorted(
+                Path(m) for m in glob.glob(item) if Path(m).is_file() or (zarr_ok and _is_zarr(Path(m)))
+            )
             if not matches:
                 raise CLIError(f"No such file, folder or pattern: {item}")
             paths.extend(matches)
     return paths
+
+
+def _is_zarr(path: Path) -> bool:
+    from .io.ome_zarr import is_zarr_path
+
+    return is_zarr_path(path)
 
 
 def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
@@ -208,6 +223,123 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: Images with more pixels than this are segmented block by block (unless ``--block-size``
+#: asks for it on any image larger than one block): 8192 x 8192.
+BLOCKWISE_ABOVE = 8192 * 8192
+
+
+def _wants_blockwise(shape: tuple[int, int], args: argparse.Namespace) -> bool:
+    from .core.blockwise import DEFAULT_BLOCK_SIZE
+
+    if args.block_size is not None:
+        return max(shape) > args.block_size
+    return shape[0] * shape[1] > BLOCKWISE_ABOVE and max(shape) > DEFAULT_BLOCK_SIZE
+
+
+class _LargeImage:
+    """An image segmented block by block: a lazy plane and its channel axis."""
+
+    def __init__(self, plane: Any, channel_axis: int | None, channel: int | None, source: str):
+        self.plane, self.channel_axis, self.channel, self.source = plane, channel_axis, channel, source
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        dims = [n for a, n in enumerate(self.plane.shape) if a != self.channel_axis]
+        return int(dims[0]), int(dims[1])
+
+    def center(self, size: int = 2048) -> np.ndarray:
+        """The central ``size x size`` region (one channel), where the diameter is estimated."""
+        from .core.pipeline import select_channel
+
+        h, w = self.shape
+        y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+        index: list[slice] = [slice(None)] * len(self.plane.shape)
+        spatial = [a for a in range(len(self.plane.shape)) if a != self.channel_axis]
+        index[spatial[0]], index[spatial[1]] = slice(y0, y0 + size), slice(x0, x0 + size)
+        return select_channel(np.asarray(self.plane[tuple(index)]), self.channel_axis, self.channel)
+
+
+def _load_input(path: Path, args: argparse.Namespace) -> np.ndarray | _LargeImage:
+    """An image file or OME-Zarr store: in memory, or lazily when it is to go block by block."""
+    from .io.images import read_image, to_grayscale
+
+    if not _is_zarr(path):
+        image = to_grayscale(read_image(path), args.channel)
+        if image.ndim == 2 and _wants_blockwise(image.shape, args):
+            return _LargeImage(image, None, None, "file")
+        return image
+    from .core.pipeline import select_channel
+    from .io.ome_zarr import open_ome_zarr
+
+    omz = open_ome_zarr(path)
+    plane, channel_axis = omz.plane(args.channel)
+    large = _LargeImage(plane, channel_axis, None, "ome-zarr")
+    if _wants_blockwise(large.shape, args):
+        return large
+    return select_channel(np.asarray(plane), channel_axis, None)
+
+
+def _run_blockwise(
+    name: str, image: _LargeImage, args: argparse.Namespace, measure: Any, out: Path, bar: Any, i: int
+) -> tuple[Any, Path]:
+    """Segment and measure one large image; its labels go to ``<name>_labels.zarr``, its table to a part file."""
+    import shutil
+    import tempfile
+
+    from .core.blockwise import DEFAULT_BLOCK_SIZE, iter_segment_blockwise
+    from .core.progress import run, sub_progress
+
+    params = _segment_params(args.segmenter, args, image.center())
+    scratch = None
+    if args.no_labels:  # the labels are still needed to measure: keep them until the table is done
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+        labels_path = scratch / f"{name}_labels.zarr"
+    else:
+        labels_path = out / f"{name}_labels.zarr"
+    part = out / f".{name}_cells.part.parquet"
+    try:
+        gen = iter_segment_blockwise(
+            image.plane,
+            args.segmenter,
+            params,
+            block_size=args.block_size or DEFAULT_BLOCK_SIZE,
+            overlap=args.overlap,
+            channel_axis=image.channel_axis,
+            channel=image.channel,
+            labels_out=labels_path,
+            measure=measure,
+            table_out=part,
+            image_name=name,
+            pyramid=not args.no_labels,
+        )
+        result = run(sub_progress(gen, 0, 1, f"{name}: "), lambda p: bar.update(p, base=i))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    result.provenance["source"] = image.source
+    return result, part
+
+
+def _write_cells(pieces: list[Any], path: Path) -> Path:
+    """One per-cell CSV from in-memory tables and block-wise part files, streamed."""
+    import pyarrow.parquet as pq
+
+    from .io.tables import StreamingTableWriter
+
+    columns: list[str] = []
+    for piece in pieces:
+        names = list(piece.columns) if not isinstance(piece, Path) else pq.read_schema(piece).names
+        columns += [c for c in names if c not in columns]
+    with StreamingTableWriter(path, columns) as writer:
+        for piece in pieces:
+            if isinstance(piece, Path):
+                for batch in pq.ParquetFile(piece).iter_batches(batch_size=65536):
+                    writer.write(batch.to_pandas())
+            else:
+                writer.write(piece)
+    return path
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -217,16 +349,20 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .core.pipeline import MeasureParams, iter_segment_and_measure
     from .core.progress import run, sub_progress
     from .io.atomic import atomic_write_text
-    from .io.export import table_for_export, write_labels_tiff, write_summary_csv, write_table_csv
-    from .io.images import read_image, to_grayscale
+    from .io.export import table_for_export, write_labels_tiff, write_summary_csv
+    from .io.images import to_grayscale
 
     if not args.inputs and not args.sample:
         raise CLIError("Give image files/folders, or --sample NAME to run on a built-in sample.")
+    if args.block_size is not None and args.block_size < 16:
+        raise CLIError("--block-size must be at least 16 pixels.")
+    if args.overlap is not None and args.overlap < 0:
+        raise CLIError("--overlap must be >= 0.")
     _apply_model_arg(args)
     if args.sample == "nuclei3d" and args.dims == "auto" and args.spacing is None:
         args.spacing = ",".join(map(str, samples.NUCLEI_3D_SPACING))  # a volume: segment it in 3-D
     _segment_params(args.segmenter, args)  # unknown segmenter or parameter: fail before any work
-    jobs: list[tuple[str, Callable[[], np.ndarray], np.ndarray | None]] = []
+    jobs: list[tuple[str, Callable[[], np.ndarray | _LargeImage], np.ndarray | None]] = []
     if args.sample:
         loader = samples.SAMPLES.get(args.sample)
         if loader is None:
@@ -236,15 +372,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         except samples.SampleUnavailable as exc:
             raise CLIError(str(exc)) from None
         image, truth = data if isinstance(data, tuple) else (data, None)
-        jobs.append((f"sample_{args.sample}", lambda image=image: image, truth))
+        jobs.append((f"sample_{args.sample}", lambda image=image: to_grayscale(image, args.channel), truth))
     used: set[str] = {name for name, _, _ in jobs}
-    for path in _expand_inputs(args.inputs):
-        name, k = path.stem, 1
+    for path in _expand_inputs(args.inputs, (*IMAGE_SUFFIXES, ".zarr")):
+        stem = path.name[: -len(".ome.zarr")] if path.name.lower().endswith(".ome.zarr") else path.stem
+        name, k = stem, 1
         while name in used:  # same file name in two folders: keep both outputs
             k += 1
-            name = f"{path.stem}_{k}"
+            name = f"{stem}_{k}"
         used.add(name)
-        jobs.append((name, lambda path=path: read_image(path), None))
+        jobs.append((name, lambda path=path: _load_input(path, args), None))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,13 +391,36 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
-    tables, failures, scores, provenance = [], [], [], {}
+    tables: list[Any] = []  # per-cell tables in memory, or block-wise part files
+    failures, scores, provenance = [], [], {}
     per_image: dict[str, pd.DataFrame] = {}  # for the summary: categoricals intact
+    n_cells = 0
     t0 = time.perf_counter()
     with _progress_bar(len(jobs), args.quiet) as bar:
         for i, (name, load, truth) in enumerate(jobs):
             try:
-                image = to_grayscale(load(), args.channel)
+                image = load()
+                if isinstance(image, _LargeImage):
+                    result, part = _run_blockwise(name, image, args, measure, out, bar, i)
+                    tables.append(part)
+                    per_image[name] = pd.read_parquet(part, columns=["label"])
+                    provenance[name] = result.provenance
+                    n_cells += result.n_objects
+                    bw = result.provenance["blockwise"]
+                    print(
+                        f"{name}: {result.n_objects} cells ({result.provenance['device']}, block-wise: "
+                        f"{bw['n_blocks']} blocks of {bw['block_size']} px, overlap {bw['overlap']} px; "
+                        f"{result.provenance['segment_seconds']:.2f} s segment, "
+                        f"{result.provenance['measure_seconds']:.2f} s measure)",
+                        flush=True,
+                    )
+                    if bw["oversized"]:
+                        print(
+                            f"Note: {name}: {bw['oversized']} object(s) reach past the {bw['overlap']} px overlap "
+                            "and may be cut at block borders; raise --overlap.",
+                            file=sys.stderr,
+                        )
+                    continue
                 params = _segment_params(args.segmenter, args, image)
                 gen = sub_progress(
                     iter_segment_and_measure(image, args.segmenter, params, measure=measure),
@@ -279,6 +439,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             tables.append(table_for_export(result.features, name))
             per_image[name] = result.features
             provenance[name] = result.provenance
+            n_cells += len(result.features)
             line = f"{name}: {len(result.features)} cells ({result.provenance['device']}, {result.provenance['segment_seconds']:.2f} s segment, {result.provenance['measure_seconds']:.2f} s measure)"
             if truth is not None:
                 ap = average_precision(truth, result.labels)
@@ -288,13 +449,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for name, err in failures:
         print(f"FAILED {name}: {err}", file=sys.stderr)
     if tables:
-        table = pd.concat(tables, ignore_index=True)
-        csv = write_table_csv(table, out / "cells.csv")
+        try:
+            csv = _write_cells(tables, out / "cells.csv")
+        finally:
+            for piece in tables:
+                if isinstance(piece, Path):
+                    piece.unlink(missing_ok=True)
         summary = write_summary_csv(per_image, out / "summary.csv")
-        print(
-            f"Wrote {len(table)} cells from {len(tables)} image(s) to {csv} and the summary to {summary.name}"
-        )
-    n_cells = sum(len(t) for t in tables)
+        print(f"Wrote {n_cells} cells from {len(tables)} image(s) to {csv} and the summary to {summary.name}")
     manifest = {
         "napari_phenotyper": __version__,
         "command": "segment",
@@ -849,7 +1011,9 @@ def build_parser() -> argparse.ArgumentParser:
         "segment",
         help="segment and measure images; write label TIFFs, a per-cell CSV and a per-image summary",
     )
-    seg.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
+    seg.add_argument(
+        "inputs", nargs="*", help="image files, OME-Zarr folders (.zarr), folders of them or glob patterns"
+    )
     seg.add_argument(
         "--sample",
         default=None,
@@ -858,7 +1022,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--out", required=True, help="output folder (created if needed)")
     _add_feature_args(seg)
-    seg.add_argument("--no-labels", action="store_true", help="do not write label TIFFs")
+    seg.add_argument(
+        "--no-labels", action="store_true", help="do not write label images (TIFF, or Zarr block-wise)"
+    )
+    seg.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="segment block by block, in blocks of PX x PX pixels, every image larger than one block "
+        "(default: only images over 8192 x 8192 pixels, in blocks of 2048); labels go to "
+        "<image>_labels.zarr (OME-Zarr). See docs/large-images.md",
+    )
+    seg.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="block-wise: margin segmented around each block; must exceed the largest object "
+        "(default: twice the diameter)",
+    )
     seg.add_argument("--model", default=None, help=_MODEL_HELP)
     add_segmenter_args(seg)
     seg.set_defaults(func=_cmd_segment)

@@ -918,9 +918,13 @@ class _Quantiser:
     Integer images with a small range go through a lookup table.
     """
 
-    def __init__(self, image: np.ndarray, levels: int):
+    def __init__(self, image: np.ndarray, levels: int, value_range: tuple[float, float] | None = None):
         self.levels = levels
-        if image.dtype.kind == "f":
+        if value_range is not None:  # the range of the whole image this one is a block of
+            lo, hi = value_range
+            if image.dtype.kind != "f":
+                lo, hi = int(lo), int(hi)
+        elif image.dtype.kind == "f":
             finite = image[np.isfinite(image)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         else:
@@ -1111,6 +1115,7 @@ def iter_features(
     texture_distances: Sequence[int] = (1,),
     texture_levels: int = 32,
     spacing: float | Sequence[float] | None = None,
+    texture_range: Mapping[str, tuple[float, float]] | None = None,
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Measure every labelled object, yielding progress.
 
@@ -1138,6 +1143,10 @@ def iter_features(
         Pixel size (y, x). Centroids, areas, lengths and mass displacement are then
         in physical units, as with regionprops' ``spacing`` (the bounding box stays
         in pixels). The shape group needs an isotropic spacing (``perimeter``).
+    texture_range : mapping of str to (float, float), optional
+        Channel name -> ``(min, max)`` to quantise that channel on instead of its own
+        range: for a block of a larger image, the whole image's range, so that the
+        texture features are those of the whole image.
 
     Yields
     ------
@@ -1262,7 +1271,7 @@ def iter_features(
         for name, img in channel_arrays.items():
             yield Progress(step, total, f"Texture: {name}")
             flat = img.ravel()
-            quantise = _Quantiser(img, levels)
+            quantise = _Quantiser(img, levels, (texture_range or {}).get(name))
             feats = yield from chunked(
                 f"Texture: {name}",
                 chunks,

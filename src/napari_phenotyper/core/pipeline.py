@@ -441,6 +441,7 @@ def iter_measure(
     params: MeasureParams | None = None,
     spatial_ndim: int = 2,
     spacing: Sequence[float] | None = None,
+    texture_range: Mapping[str, tuple[float, float]] | None = None,
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Measure every cell of a label image, plane by plane over extra leading axes.
 
@@ -458,6 +459,13 @@ def iter_measure(
         Intensity channels, each the same shape as ``labels``.
     params : MeasureParams, optional
         What to measure (default: everything).
+    spatial_ndim : int, optional
+        2 (planes) or 3 (volumes).
+    spacing : sequence of float, optional
+        Voxel size (z, y, x) of 3-D volumes.
+    texture_range : mapping of str to (float, float), optional
+        Channel -> the intensity range its texture is quantised on (default: the
+        channel's own; the default feature set only, CellProfiler's levels are fixed).
 
     Returns
     -------
@@ -495,6 +503,8 @@ def iter_measure(
     else:
         measure = iter_features
         kwargs = {"groups": params.groups, "texture_levels": params.texture_levels}
+        if texture_range is not None:
+            kwargs["texture_range"] = {channel_name(k): v for k, v in texture_range.items()}
     if labels.ndim == spatial_ndim:
         return (yield from measure(labels, channels or None, **kwargs))
     lead = labels.shape[:-spatial_ndim]

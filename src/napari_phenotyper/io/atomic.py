@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_with"]
+__all__ = ["atomic_directory", "atomic_path", "atomic_write_text", "atomic_write_with"]
 
 
 @contextlib.contextmanager
@@ -56,3 +57,29 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
             fh.write(text)
 
     return atomic_write_with(path, _write)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path``.
+
+    For outputs that are folders (a Zarr store): readers see either the previous folder
+    or the complete new one. The temporary folder is removed if the block raises (or a
+    generator holding it is closed, e.g. a cancelled run).
+    """
+    dest = Path(path)
+    if not dest.parent.exists():
+        raise FileNotFoundError(f"Folder {dest.parent} does not exist; create it or choose another location.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        yield tmp
+        old = None
+        if dest.exists():  # a folder cannot be replaced in one rename: move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, old / "old")
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

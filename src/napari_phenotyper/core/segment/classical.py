@@ -34,6 +34,7 @@ physical space).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -675,6 +676,22 @@ class ClassicalSegmenter:
     def spatial_ndim_for(self, params: ClassicalParams | None = None) -> int:
         """Axes segmented together with ``params``: 3 in ``mode="3d"``, else 2."""
         return 3 if params is not None and params.mode == "3d" else 2
+
+    def blockwise_params(self, params: ClassicalParams | None, overview: np.ndarray) -> ClassicalParams:
+        """``params`` for segmenting an image block by block, with image-wide choices fixed.
+
+        Whether the objects are dark (``invert=None``) is decided once, on ``overview``
+        (a subsampled copy of the whole image), so that a block of background or of
+        unusually dense nuclei does not flip. Everything else stays per block, as for
+        tiles processed one by one.
+        """
+        params = ClassicalParams() if params is None else params
+        if params.invert is not None:
+            return params
+        norm = _normalise(np.asarray(overview))
+        if norm is None:
+            return params
+        return dataclasses.replace(params, invert=_auto_invert(*norm))
 
     def device(self, params: ClassicalParams | None = None) -> str:
         """Always ``"CPU"``."""
