@@ -321,22 +321,55 @@ def _run_blockwise(
 
 
 def _write_cells(pieces: list[Any], path: Path) -> Path:
-    """One per-cell CSV from in-memory tables and block-wise part files, streamed."""
+    """One per-cell CSV from in-memory tables and block-wise Parquet parts, streamed, atomically.
+
+    In-memory tables are written as :func:`~.io.export.write_table_csv` does; a part's rows
+    (hundreds of thousands for a slide) go through Arrow's CSV writer, ten times faster than
+    pandas' (its numbers in full precision, missing values empty as well).
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pacompute
+    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from .io.tables import StreamingTableWriter
+    from .io.atomic import atomic_path
 
     columns: list[str] = []
     for piece in pieces:
         names = list(piece.columns) if not isinstance(piece, Path) else pq.read_schema(piece).names
         columns += [c for c in names if c not in columns]
-    with StreamingTableWriter(path, columns) as writer:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(pd.DataFrame(columns=columns).to_csv(index=False).encode("utf-8"))
         for piece in pieces:
-            if isinstance(piece, Path):
-                for batch in pq.ParquetFile(piece).iter_batches(batch_size=65536):
-                    writer.write(batch.to_pandas())
-            else:
-                writer.write(piece)
+            if not isinstance(piece, Path):
+                fh.write(
+                    piece.reindex(columns=columns)
+                    .to_csv(index=False, header=False, float_format="%.10g")
+                    .encode()
+                )
+                continue
+            for batch in pq.ParquetFile(piece).iter_batches(batch_size=65536):
+                table = pa.Table.from_batches([batch])
+                arrays = []
+                for c in columns:
+                    if c not in table.column_names:
+                        arrays.append(pa.nulls(len(table), pa.float64()))
+                    elif pa.types.is_floating(table.schema.field(c).type):  # NaN -> empty, as pandas
+                        arrays.append(pa.array(table.column(c).to_numpy(), from_pandas=True))
+                    else:
+                        arrays.append(table.column(c))
+                table = pa.Table.from_arrays(arrays, names=columns)
+                plain = all(
+                    not any(ch in str(v) for ch in ',"\r\n')
+                    for c in columns
+                    if pa.types.is_string(table.schema.field(c).type)
+                    for v in pacompute.unique(table.column(c)).to_pylist()
+                )
+                options = pacsv.WriteOptions(
+                    include_header=False, quoting_style="none" if plain else "needed"
+                )
+                pacsv.write_csv(table, fh, options)
     return path
 
 
