@@ -43,7 +43,7 @@ from itertools import product
 import numpy as np
 import pandas as pd
 
-from .features import INTENSITY_FEATURES, NEIGHBOR_FEATURES, TEXTURE_FEATURES
+from .features import INTENSITY_FEATURES, NEIGHBOR_FEATURES, TEXTURE_FEATURES, _haralick, _Quantiser
 from .progress import Progress, run
 
 __all__ = [
@@ -355,59 +355,6 @@ def texture_offsets_3d(distances: Sequence[int]) -> list[tuple[int, int, int]]:
     return [(a * k, b * k, c * k) for k in distances for a, b, c in dirs]
 
 
-def _quantise(img: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grey levels 0..levels-1 on the finite range, and the finite mask."""
-    finite = np.isfinite(img) if img.dtype.kind == "f" else np.ones(img.shape, bool)
-    vals = img[finite]
-    if vals.size == 0:
-        return np.zeros(img.shape, np.int64), finite
-    lo, hi = float(vals.min()), float(vals.max())
-    if not hi > lo:
-        return np.zeros(img.shape, np.int64), finite
-    if img.dtype.kind in "iub":
-        q = (img.astype(np.int64) - int(lo)) * levels // (int(hi) - int(lo))
-    else:
-        v = np.where(finite, img, lo).astype(np.float64)
-        q = np.floor((v - lo) / (hi - lo) * levels).astype(np.int64)
-    return np.clip(q, 0, levels - 1), finite
-
-
-def _haralick(rank: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, levels: int) -> tuple[dict, np.ndarray]:
-    """Haralick features from the pairs (a, b) of cells ``rank`` (symmetric, normalised GLCMs)."""
-    L = levels
-    keys = np.concatenate([rank * (L * L) + a * L + b, rank * (L * L) + b * L + a])
-    uk, cnt = np.unique(keys, return_counts=True)
-    cnt = cnt.astype(np.float64)
-    er = uk // (L * L)
-    i = ((uk // L) % L).astype(np.float64)
-    j = (uk % L).astype(np.float64)
-    npairs = np.bincount(er, cnt, minlength=n)
-    has = npairs > 0
-
-    def per(w: np.ndarray) -> np.ndarray:
-        return np.bincount(er, w, minlength=n)
-
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = cnt / npairs[er]
-        diff = i - j
-        asm = per(p * p)
-        mi, mj = per(p * i), per(p * j)
-        di, dj = i - mi[er], j - mj[er]
-        std_i, std_j = np.sqrt(per(p * di * di)), np.sqrt(per(p * dj * dj))
-        flat = (std_i < 1e-15) | (std_j < 1e-15)
-        corr = np.where(flat, 1.0, per(p * di * dj) / np.where(flat, 1.0, std_i * std_j))
-        feats = {
-            "haralick_contrast": per(p * diff * diff),
-            "glcm_dissimilarity": per(p * np.abs(diff)),
-            "haralick_homogeneity": per(p / (1.0 + diff * diff)),
-            "glcm_energy": np.sqrt(asm),
-            "haralick_correlation": corr,
-            "haralick_asm": asm,
-            "haralick_entropy": per(-p * np.log(p)),
-        }
-    return feats, has
-
-
 def _shifted(shape: tuple[int, ...], offset: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Slices ``a`` and ``b`` with ``arr[b]`` the neighbours at ``offset`` of ``arr[a]``."""
     sa, sb = [], []
@@ -420,7 +367,8 @@ def _shifted(shape: tuple[int, ...], offset: tuple[int, ...]) -> tuple[tuple[sli
 def _texture(
     labels: np.ndarray, vox: _Voxels, img: np.ndarray, offsets: Sequence[tuple[int, int, int]], levels: int
 ) -> dict[str, np.ndarray]:
-    q, finite = _quantise(img, levels)
+    q, finite_or_none = _Quantiser(img, levels)(img)  # the 2-D set's grey levels and GLCM features
+    finite = np.ones(img.shape, bool) if finite_or_none is None else finite_or_none
     acc = {f: np.zeros(vox.n) for f in TEXTURE_FEATURES}
     n_valid = np.zeros(vox.n)
     for off in offsets:

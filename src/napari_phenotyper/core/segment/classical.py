@@ -580,6 +580,25 @@ def _objects(
 # --------------------------------------------------------------------------- segmenter
 
 
+def _stepped(
+    gen: Generator[str, None, np.ndarray], params: ClassicalParams, title: str, where: str
+) -> Generator[Progress, None, np.ndarray]:
+    """Progress records for a generator of step messages that returns the labels."""
+    steps = 2 + int(params.flatten_background) + int(params.split_touching)
+    yield Progress(0, steps, title)
+    k = 0
+    while True:
+        try:
+            msg = next(gen)
+        except StopIteration as stop:
+            labels = stop.value
+            break
+        k += 1
+        yield Progress(min(k, steps - 1), steps, f"{title}: {msg}")
+    yield Progress(steps, steps, f"Segmented {int(labels.max())} nuclei{where}")
+    return labels
+
+
 class ClassicalSegmenter:
     """Threshold + seeded watershed nucleus segmenter (no weights, CPU only).
 
@@ -626,20 +645,7 @@ class ClassicalSegmenter:
             return (yield from self._segment_3d(image, params))
         arr = check_image(image, 2)
         if arr.ndim == 2:
-            steps = 2 + int(params.flatten_background) + int(params.split_touching)
-            yield Progress(0, steps, "Segmenting nuclei")
-            gen = _segment_steps(arr, params)
-            k = 0
-            while True:
-                try:
-                    msg = next(gen)
-                except StopIteration as stop:
-                    labels = stop.value
-                    break
-                k += 1
-                yield Progress(min(k, steps - 1), steps, f"Segmenting nuclei: {msg}")
-            yield Progress(steps, steps, f"Segmented {int(labels.max())} nuclei")
-            return labels
+            return (yield from _stepped(_segment_steps(arr, params), params, "Segmenting nuclei", ""))
         return (yield from planewise(arr, lambda p: segment_plane(p, params), 2, "Segmenting nuclei"))
 
     def _segment_3d(
@@ -658,20 +664,11 @@ class ClassicalSegmenter:
             return (
                 yield from planewise(arr, lambda v: segment_volume(v, params), 3, "Segmenting nuclei in 3-D")
             )
-        steps = 2 + int(params.flatten_background) + int(params.split_touching)
-        yield Progress(0, steps, "Segmenting nuclei in 3-D")
-        gen = segment_volume_steps(arr, params)
-        k = 0
-        while True:
-            try:
-                msg = next(gen)
-            except StopIteration as stop:
-                labels = stop.value
-                break
-            k += 1
-            yield Progress(min(k, steps - 1), steps, f"Segmenting nuclei in 3-D: {msg}")
-        yield Progress(steps, steps, f"Segmented {int(labels.max())} nuclei in 3-D")
-        return labels
+        return (
+            yield from _stepped(
+                segment_volume_steps(arr, params), params, "Segmenting nuclei in 3-D", " in 3-D"
+            )
+        )
 
     def spatial_ndim_for(self, params: ClassicalParams | None = None) -> int:
         """Axes segmented together with ``params``: 3 in ``mode="3d"``, else 2."""
