@@ -223,13 +223,10 @@ def _add_feature_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-#: Images with more pixels than this are segmented block by block (unless ``--block-size``
-#: asks for it on any image larger than one block): 8192 x 8192.
-BLOCKWISE_ABOVE = 8192 * 8192
-
-
 def _wants_blockwise(shape: tuple[int, int], args: argparse.Namespace) -> bool:
-    from .core.blockwise import DEFAULT_BLOCK_SIZE
+    """Block by block above :data:`~.core.blockwise.BLOCKWISE_ABOVE` pixels, or on any image
+    larger than one block when ``--block-size`` asks for it."""
+    from .core.blockwise import BLOCKWISE_ABOVE, DEFAULT_BLOCK_SIZE
 
     if args.block_size is not None:
         return max(shape) > args.block_size

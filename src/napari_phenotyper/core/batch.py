@@ -184,7 +184,10 @@ class BatchRequest:
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths, in order.
+    """Files, OME-Zarr stores, folders (their images, sorted) and glob patterns -> image paths, in order.
+
+    An OME-Zarr store (a ``.zarr`` folder, or any folder with Zarr metadata) is one image,
+    not a folder of images.
 
     Raises
     ------
@@ -192,29 +195,46 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         For a folder without images or a name that matches nothing (named).
     """
     from ..io.images import IMAGE_SUFFIXES
+    from ..io.ome_zarr import is_zarr_path
+
+    def is_image(q: Path) -> bool:
+        if q.name.startswith("."):
+            return False
+        return (q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES) or (q.is_dir() and is_zarr_path(q))
 
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(
-                q
-                for q in p.iterdir()
-                if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".")
-            )
+        if p.is_dir() and is_zarr_path(p):
+            paths.append(p)
+        elif p.is_dir():
+            found = sorted(q for q in p.iterdir() if is_image(q))
             if not found:
-                raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}.")
+                raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}, .zarr) in folder {p}.")
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
         else:
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True) if Path(m).is_file())
+            matches = sorted(
+                Path(m)
+                for m in glob.glob(str(item), recursive=True)
+                if Path(m).is_file() or (Path(m).is_dir() and is_zarr_path(m))
+            )
             if not matches:
                 raise ValueError(f"No such file, folder or pattern: {item}")
             paths.extend(matches)
     if not paths:
-        raise ValueError("No input images: give image files, folders or glob patterns.")
+        raise ValueError("No input images: give image files, OME-Zarr stores, folders or glob patterns.")
     return paths
+
+
+def _image_stem(path: Path) -> str:
+    """A file's stem; an OME-Zarr store's name without ``.ome.zarr`` / ``.zarr``."""
+    low = path.name.lower()
+    for suffix in (".ome.zarr", ".zarr"):
+        if low.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
 
 
 def plan_jobs(paths: Sequence[str | os.PathLike], layout: pd.DataFrame | None = None) -> list[ImageJob]:
@@ -232,7 +252,7 @@ def plan_jobs(paths: Sequence[str | os.PathLike], layout: pd.DataFrame | None = 
     used: set[str] = set()
     jobs = []
     for i, path in enumerate(paths):
-        stem = Path(path).stem
+        stem = _image_stem(Path(path))
         name, k = stem, 1
         while name in used:
             k += 1
@@ -306,8 +326,53 @@ def part_paths(out_dir: str | os.PathLike, name: str, part_format: str) -> tuple
     return parts / f"{name}.cells{suffix}", parts / f"{name}.json"
 
 
-def _labels_path(out_dir: str | os.PathLike, name: str) -> Path:
-    return Path(out_dir) / LABELS / f"{name}_labels.tif"
+def _labels_path(out_dir: str | os.PathLike, name: str, zarr: bool = False) -> Path:
+    """``labels/<name>_labels.tif``, or ``.zarr`` (OME-Zarr) for an image segmented block-wise."""
+    return Path(out_dir) / LABELS / f"{name}_labels.{'zarr' if zarr else 'tif'}"
+
+
+def _input_stat(path: Path) -> tuple[int, int]:
+    """Size and modification time of an input; for a Zarr store (a folder), its files'
+    total size and latest modification (a folder's own times miss a rewritten chunk)."""
+    if not path.is_dir():
+        stat = path.stat()
+        return int(stat.st_size), int(stat.st_mtime_ns)
+    size = mtime = 0
+    for f in path.rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            size += st.st_size
+            mtime = max(mtime, st.st_mtime_ns)
+    return size, mtime
+
+
+def _read_input(path: Path, channel: int | None) -> tuple[np.ndarray | None, tuple[Any, int | None] | None]:
+    """``(image, None)`` in memory, or ``(None, (plane, channel_axis))``: a lazy plane of an
+    OME-Zarr store larger than :data:`~.blockwise.BLOCKWISE_ABOVE` pixels, to go block-wise."""
+    from ..io.images import read_image, to_grayscale
+    from ..io.ome_zarr import is_zarr_path, open_ome_zarr
+    from . import blockwise
+    from .pipeline import select_channel
+
+    if not (path.is_dir() and is_zarr_path(path)):
+        return to_grayscale(read_image(path), channel), None
+    plane, channel_axis = open_ome_zarr(path).plane(channel)
+    dims = [int(n) for a, n in enumerate(plane.shape) if a != channel_axis]
+    if len(dims) == 2 and dims[0] * dims[1] > blockwise.BLOCKWISE_ABOVE:
+        return None, (plane, channel_axis)
+    return select_channel(np.asarray(plane), channel_axis, None), None
+
+
+def _centre(plane: Any, channel_axis: int | None, size: int = 2048) -> np.ndarray:
+    """The central ``size x size`` region of a lazy plane (one channel): where the diameter is estimated."""
+    from .pipeline import select_channel
+
+    spatial = [a for a in range(len(plane.shape)) if a != channel_axis]
+    index: list[slice] = [slice(None)] * len(plane.shape)
+    for a in spatial:
+        start = max(0, (int(plane.shape[a]) - size) // 2)
+        index[a] = slice(start, start + size)
+    return select_channel(np.asarray(plane[tuple(index)]), channel_axis, None)
 
 
 def _now() -> str:
@@ -379,7 +444,6 @@ def iter_process_image(job: ImageJob, ctx: BatchContext) -> Generator[Progress, 
         The image's record (see the manifest description in ``docs/batch.md``).
     """
     from ..io.export import write_labels_tiff
-    from ..io.images import read_image, to_grayscale
     from ..io.pipeline_file import file_sha256
     from ..io.tables import write_table
     from .classify.model import feature_columns_for
@@ -400,22 +464,29 @@ def iter_process_image(job: ImageJob, ctx: BatchContext) -> Generator[Progress, 
     seconds: dict[str, float] = {}
     try:
         path = Path(job.path)
-        stat = path.stat()
-        record.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=file_sha256(path))
+        size, mtime_ns = _input_stat(path)
+        record.update(size=size, mtime_ns=mtime_ns, sha256=file_sha256(path))
         yield Progress(0, 100, "Reading")
         t = time.perf_counter()
-        image = to_grayscale(read_image(path), ctx.pipeline.channel)
+        image, large = _read_input(path, ctx.pipeline.channel)
         seconds["read"] = round(time.perf_counter() - t, 4)
         params = ctx.pipeline.segmenter_params()
-        if ctx.pipeline.auto_diameter:
-            params = estimate_params_diameter(ctx.pipeline.segmenter, params, image)
-        result = yield from _scaled(
-            iter_segment_and_measure(
-                image, ctx.pipeline.segmenter, params, measure=ctx.pipeline.measure_params()
-            ),
-            5,
-            90,
-        )
+        labels_file = _labels_path(ctx.out_dir, job.name, zarr=large is not None)
+        if large is not None:  # larger than memory: block by block, one block read at a time
+            result = yield from _blockwise(large, ctx, params, labels_file, job.name)
+            shape = [int(n) for a, n in enumerate(large[0].shape) if a != large[1]]
+        else:
+            assert image is not None
+            if ctx.pipeline.auto_diameter:
+                params = estimate_params_diameter(ctx.pipeline.segmenter, params, image)
+            result = yield from _scaled(
+                iter_segment_and_measure(
+                    image, ctx.pipeline.segmenter, params, measure=ctx.pipeline.measure_params()
+                ),
+                5,
+                90,
+            )
+            shape = list(np.shape(image))
         prov = result.provenance
         seconds["segment"] = float(prov.get("segment_seconds", 0.0))
         seconds["measure"] = float(prov.get("measure_seconds", 0.0))
@@ -426,21 +497,20 @@ def iter_process_image(job: ImageJob, ctx: BatchContext) -> Generator[Progress, 
         t = time.perf_counter()
         table = _cell_table(job, features)
         write_table(table, table_path)
-        if ctx.labels:
-            write_labels_tiff(result.labels, _labels_path(ctx.out_dir, job.name))
+        if ctx.labels and large is None:  # block-wise labels are already written, as OME-Zarr
+            write_labels_tiff(result.labels, labels_file)
         seconds["write"] = round(time.perf_counter() - t, 4)
         record.update(
             status="done",
             n_cells=len(table),
             part=table_path.relative_to(ctx.out_dir).as_posix(),
-            labels=_labels_path(ctx.out_dir, job.name).relative_to(ctx.out_dir).as_posix()
-            if ctx.labels
-            else None,
+            labels=labels_file.relative_to(ctx.out_dir).as_posix() if ctx.labels else None,
             features=feature_columns_for(result.features),
             classes=[str(c) for c in ctx.classes],
             params=prov.get("params"),
             device=prov.get("device"),
-            shape=list(np.shape(image)),
+            shape=shape,
+            blockwise=prov.get("blockwise"),
         )
     except Exception as exc:  # one bad image must never stop the run: recorded, reported, skipped
         record.update(status="failed", error=failure_text(exc))
@@ -454,6 +524,54 @@ def iter_process_image(job: ImageJob, ctx: BatchContext) -> Generator[Progress, 
     _write_record(record_path, record)
     yield Progress(100, 100, f"{record.get('n_cells', 0)} cells" if record["status"] == "done" else "failed")
     return record
+
+
+def _blockwise(
+    large: tuple[Any, int | None], ctx: BatchContext, params: Any, labels_file: Path, name: str
+) -> Generator[Progress, None, Any]:
+    """Segment and measure a lazy plane block by block (:func:`~.blockwise.iter_segment_blockwise`).
+
+    Its labels go to ``labels_file`` (OME-Zarr) when the batch keeps labels, else to a
+    scratch store in the output folder that is removed afterwards: memory stays bounded
+    by the block size either way. The table comes back in memory (a slide's few hundred
+    thousand rows), to be classified and written as any image's.
+    """
+    import shutil
+    import tempfile
+
+    from . import blockwise
+
+    plane, channel_axis = large
+    if ctx.pipeline.auto_diameter:
+        params = estimate_params_diameter(ctx.pipeline.segmenter, params, _centre(plane, channel_axis))
+    scratch = None
+    if ctx.labels:
+        labels_file.parent.mkdir(parents=True, exist_ok=True)
+        target = labels_file
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ctx.out_dir))
+        target = scratch / labels_file.name
+    try:
+        return (
+            yield from _scaled(
+                blockwise.iter_segment_blockwise(
+                    plane,
+                    ctx.pipeline.segmenter,
+                    params,
+                    block_size=blockwise.DEFAULT_BLOCK_SIZE,
+                    channel_axis=channel_axis,
+                    labels_out=target,
+                    measure=ctx.pipeline.measure_params(),
+                    image_name=name,
+                    pyramid=ctx.labels,
+                ),
+                5,
+                90,
+            )
+        )
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _scaled(gen: Generator[Progress, None, Any], start: int, stop: int) -> Generator[Progress, None, Any]:
@@ -493,15 +611,16 @@ def reusable_record(job: ImageJob, ctx: BatchContext) -> dict[str, Any] | None:
         return None
     if record.get("layout") != json.loads(json.dumps(job.layout_dict, default=_json_default)):
         return None
-    if not table_path.is_file() or (ctx.labels and not _labels_path(ctx.out_dir, job.name).is_file()):
+    labels = record.get("labels")
+    if not table_path.is_file() or (ctx.labels and not (labels and (Path(ctx.out_dir) / labels).exists())):
         return None
     try:
-        stat = Path(job.path).stat()
+        size, mtime_ns = _input_stat(Path(job.path))
     except OSError:
         return None
-    if stat.st_size == record.get("size") and stat.st_mtime_ns == record.get("mtime_ns"):
+    if size == record.get("size") and mtime_ns == record.get("mtime_ns"):
         return record
-    if stat.st_size == record.get("size") and file_sha256(job.path) == record.get("sha256"):
+    if size == record.get("size") and file_sha256(job.path) == record.get("sha256"):
         return record
     return None
 

@@ -65,6 +65,7 @@ from .segment import get_segmenter
 from .segment.base import SegmentationError, Segmenter, as_label_image
 
 __all__ = [
+    "BLOCKWISE_ABOVE",
     "DEFAULT_BLOCK_SIZE",
     "BlockGrid",
     "BlockwiseResult",
@@ -75,6 +76,9 @@ __all__ = [
 #: Side of a block's core (pixels): as fast per pixel as any size on the classical
 #: segmenter, a few hundred MB per block.
 DEFAULT_BLOCK_SIZE = 2048
+#: Images with more pixels than this are segmented block by block by the command line and
+#: the batch (8192 x 8192: a 16-bit plane of 128 MB, a few GB while segmenting).
+BLOCKWISE_ABOVE = 8192 * 8192
 #: Margin when the parameters give no diameter (pixels).
 FALLBACK_OVERLAP = 64
 #: Pixels of context kept around a block's objects when measuring them (perimeter,
