@@ -209,3 +209,37 @@ def test_batch_takes_the_classifier_taught_in_the_phenotypes_dock(
     loaded = load_classifier(chosen)
     assert sorted(loaded.classes) == ["big", "small"] and len(loaded.y) == 4
     pheno.close_session()
+
+
+def test_batch_dock_segments_an_ome_zarr_block_by_block(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A folder holding an OME-Zarr store: the dock runs it block-wise (here above 300 x 300 px,
+    in 256 px blocks) and writes its labels as an OME-Zarr label image."""
+    from napari_phenotyper.core import blockwise
+    from napari_phenotyper.core.synthetic import NucleiField
+    from napari_phenotyper.io.ome_zarr import open_ome_zarr, write_ome_zarr
+
+    monkeypatch.setattr(blockwise, "BLOCKWISE_ABOVE", 300 * 300)
+    monkeypatch.setattr(blockwise, "DEFAULT_BLOCK_SIZE", 256)
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    field = NucleiField((600, 600), seed=2)
+    write_ome_zarr(folder / "P1_A01_s1.ome.zarr", (600, 600), np.uint16, field.render, chunks=128)
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    out = tmp_path / "out"
+    out.mkdir()
+    _fill(widget, folder, out)
+    widget.form.set_value("diameter", float(field.diameter))
+    widget.write_labels.value = True
+    widget.run()
+    with qtbot.waitSignal(widget._worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=5000)
+    assert widget.result.counts["processed"] == 1, widget.status.value
+    record = json.loads((out / "parts" / "P1_A01_s1.json").read_text())
+    assert record["blockwise"]["n_blocks"] == 9
+    labels = np.asarray(open_ome_zarr(out / "labels" / "P1_A01_s1_labels.zarr").data)
+    assert labels.max() == record["n_cells"] > 200
+    cells = pd.read_csv(out / "cells.csv")
+    assert len(cells) == record["n_cells"] and set(cells["image"]) == {"P1_A01_s1"}
