@@ -349,3 +349,34 @@ def test_per_cell_loops_report_progress_on_many_cells(monkeypatch):
                 table = stop.value
         assert len(table) == 36
         assert any("30/36 objects" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("top", [40, 20000])
+def test_radii_medians_are_numpys(top):
+    """MedianRadius per label from the squared distances equals ``np.median`` of the
+    distances, bit for bit, by the histogram and (large distances) by sorting; and the
+    radii of touching, multi-part labels equal one distance transform per label."""
+    from scipy.ndimage import distance_transform_edt
+
+    from napari_phenotyper.core import cellprofiler as cp
+
+    rng = np.random.default_rng(top)
+    counts = rng.integers(1, 60, 300)
+    d2 = rng.integers(1, top, int(counts.sum()))
+    got = cp._median_of_squares(d2, counts)
+    starts = np.cumsum(counts) - counts
+    want = [np.median(np.sqrt(d2[s : s + c].astype(float))) for s, c in zip(starts, counts, strict=True)]
+    np.testing.assert_array_equal(got, want)
+    lab = np.zeros((90, 100), np.int32)
+    for k in range(1, 80):
+        y, x = rng.integers(0, 90), rng.integers(0, 100)
+        lab[y : y + rng.integers(1, 25), x : x + rng.integers(1, 25)] = k
+    lab = relabel_sequential(lab)[0]
+    table = compute_cellprofiler_features(lab, groups=("shape",))
+    for i, k in enumerate(table["label"]):
+        ys, xs = np.nonzero(lab == k)
+        mask = np.pad(lab[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] == k, 1)
+        inside = distance_transform_edt(mask)[mask]
+        assert table["AreaShape_MaximumRadius"][i] == inside.max()
+        assert table["AreaShape_MeanRadius"][i] == inside.mean()
+        assert table["AreaShape_MedianRadius"][i] == np.median(inside)

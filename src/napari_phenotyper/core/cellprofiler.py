@@ -253,14 +253,18 @@ def _radii(
 ) -> Generator[int, None, tuple[np.ndarray, ...]]:
     """Maximum, mean and median distance of a label's pixels to the nearest pixel outside it.
 
-    Yields the number of labels done every ``geometry.EVERY`` (a distance transform per label).
+    As CellProfiler: the distance transform of each label's mask in its bounding box
+    padded with one zero pixel. Yields the number of labels done every ``geometry.EVERY``
+    (a distance transform per label: one transform of the masks packed side by side
+    is no faster, scipy's cost is per pixel). The maxima and medians are taken for
+    all labels at once afterwards (``np.median`` label by label cost a third as much
+    as the transforms).
     """
     from scipy.ndimage import distance_transform_edt
 
     min_y, min_x, max_y, max_x = bbox
-    mx = np.zeros(runs.n)
     mean = np.zeros(runs.n)
-    med = np.zeros(runs.n)
+    inside: list[np.ndarray] = []
     for k, (y0, x0, y1, x1, lab) in enumerate(
         zip(min_y.tolist(), min_x.tolist(), max_y.tolist(), max_x.tolist(), runs.ids.tolist(), strict=True)
     ):
@@ -268,11 +272,39 @@ def _radii(
             yield k
         mask = np.zeros((y1 - y0 + 2, x1 - x0 + 2), dtype=bool)
         mask[1:-1, 1:-1] = labels[y0:y1, x0:x1] == lab
-        inside = distance_transform_edt(mask)[mask]
-        mx[k] = inside.max()
-        mean[k] = inside.mean()
-        med[k] = np.median(inside)
-    return mx, mean, med
+        dist = distance_transform_edt(mask)[mask]
+        mean[k] = dist.mean()
+        inside.append(dist)
+    dist = np.concatenate(inside)
+    # the distances are roots of integers (< 2**26): squaring and rounding gives them back
+    d2 = np.rint(dist * dist).astype(np.int64)
+    starts = np.cumsum(runs.counts) - runs.counts
+    mx = np.sqrt(np.maximum.reduceat(d2, starts).astype(np.float64))
+    return mx, mean, _median_of_squares(d2, runs.counts)
+
+
+def _median_of_squares(d2: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``np.median`` of ``sqrt(d2)`` over consecutive groups of ``counts`` values each.
+
+    The middle one or two values of each group are found in a histogram of the group's
+    squared distances (small integers), or by sorting where that would be too big; an
+    even group's median is then the mean of the two roots, as ``np.median`` takes it.
+    """
+    n = counts.size
+    group = np.repeat(np.arange(n), counts)
+    starts = np.cumsum(counts) - counts
+    lo = (counts - 1) // 2  # ranks of the middle pair within the group
+    hi = counts // 2
+    top = int(d2.max()) + 1 if d2.size else 1
+    if n * top <= (1 << 22):
+        cum = np.cumsum(np.bincount(group * top + d2, minlength=n * top).reshape(n, top), axis=1)
+        a = (cum <= lo[:, None]).sum(axis=1)
+        b = (cum <= hi[:, None]).sum(axis=1)
+    else:
+        ordered = d2[np.lexsort((d2, group))]
+        a, b = ordered[starts + lo], ordered[starts + hi]
+    ra, rb = np.sqrt(a.astype(np.float64)), np.sqrt(b.astype(np.float64))
+    return np.where(lo == hi, ra, (ra + rb) / 2.0)
 
 
 def _areashape(
@@ -804,13 +836,20 @@ def _neighbors(
                 cos = (v1 * v2).sum(axis=1) / np.sqrt((v1**2).sum(axis=1) * (v2**2).sum(axis=1))
             angle = np.degrees(np.arccos(cos))
 
+    own_outline: list[tuple[np.ndarray, ...]] = []
+
     def outline_of(image: np.ndarray) -> tuple[np.ndarray, ...]:
+        if image is labels and own_outline:  # Adjacent and Within share the objects' outline
+            return own_outline[0]
         rr, cc, ll = _outline_points(image)
         rank = runs.rank_of(ll)
         h, w = image.shape
         padded = np.zeros((h + 2, w + 2), dtype=image.dtype)
         padded[1:-1, 1:-1] = image
-        return rr, cc, ll, rank, padded, np.bincount(rank, minlength=n).astype(np.float64)
+        out = rr, cc, ll, rank, padded, np.bincount(rank, minlength=n).astype(np.float64)
+        if image is labels:
+            own_outline.append(out)
+        return out
 
     def adjacent(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Neighbour counts, touching outline pixels and outline sizes of ``image``'s labels."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import lru_cache
 from math import comb, factorial, sqrt
 
 import numpy as np
@@ -173,10 +174,22 @@ def feret_diameters(hulls: Hulls) -> tuple[np.ndarray, np.ndarray]:
     return min_d, max_d
 
 
+#: Relative (and absolute, in squared pixels) slack of "the point is in the circle".
+_FIT_TOL = 1e-9
+
+
+def _fits(d2: np.ndarray, r2: np.ndarray) -> np.ndarray:
+    """Squared distances ``d2`` within circles of squared radii ``r2``, with :data:`_FIT_TOL` of slack."""
+    return d2 <= r2 * (1 + _FIT_TOL) + _FIT_TOL
+
+
 def _mec(ys: list[float], xs: list[float]) -> tuple[float, float, float]:
-    """Smallest circle around the points (Welzl's incremental algorithm, squared radii)."""
+    """Smallest circle around the points (Welzl's incremental algorithm, squared radii).
+
+    The reference :func:`_mec_block` is tested against, and its fallback.
+    """
     n = len(ys)
-    tol = 1e-9
+    tol = _FIT_TOL
 
     def fits(cy: float, cx: float, r2: float, y: float, x: float) -> bool:
         dy, dx = y - cy, x - cx
@@ -212,19 +225,113 @@ def _mec(ys: list[float], xs: list[float]) -> tuple[float, float, float]:
 EVERY = 2000
 
 
+#: The smallest circle around four points is that of two or three of them: the six
+#: pairs, then the four triples, of the points' slots.
+_PAIRS = np.array([(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)])
+_TRIPLES = np.array([(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)])
+
+#: Rounds of :func:`_mec_block` before a label is left to :func:`_mec` (a handful do).
+_MAX_ROUNDS = 64
+
+
+def _mec_block(
+    py: np.ndarray, px: np.ndarray, ok: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Smallest enclosing circles of many point sets at once (squared radii).
+
+    ``py``, ``px`` and ``ok`` are :meth:`Hulls.padded`'s ``(b, m)`` arrays. Each label
+    keeps a support of up to three points (repeats for fewer) and its circle; in each
+    round, labels with a point outside their circle add the farthest one and take the
+    smallest of the circles of two or three of the four points that holds all four.
+    The circle of a support is the smallest around it, so adding a point outside grows
+    it strictly: no support comes back, and a label ends, in a few rounds, with a
+    circle around all its points that is the smallest around some of them, hence
+    around all (Elzinga and Hearn's support-set algorithm). Returns the centre rows and
+    columns, squared radii and the labels still unfinished after :data:`_MAX_ROUNDS`.
+    """
+    b, m = py.shape
+    every = np.arange(b)
+    # a long chord to start from: the point farthest from the first, and the farthest from it
+    d2 = np.where(ok, (py - py[:, :1]) ** 2 + (px - px[:, :1]) ** 2, -1.0)
+    a = d2.argmax(axis=1)
+    ay, ax = py[every, a], px[every, a]
+    d2 = np.where(ok, (py - ay[:, None]) ** 2 + (px - ax[:, None]) ** 2, -1.0)
+    c = d2.argmax(axis=1)
+    support = np.column_stack([a, c, c])
+    cy = (ay + py[every, c]) / 2.0
+    cx = (ax + px[every, c]) / 2.0
+    r2 = (ay - cy) ** 2 + (ax - cx) ** 2
+    active = every
+    for _ in range(_MAX_ROUNDS):
+        dy = py[active] - cy[active, None]
+        dx = px[active] - cx[active, None]
+        d2 = np.where(ok[active], dy * dy + dx * dx, -1.0)
+        far = d2.argmax(axis=1)
+        outside = ~_fits(d2[np.arange(active.size), far], r2[active])
+        active, far = active[outside], far[outside]
+        if active.size == 0:
+            break
+        slots = np.column_stack([support[active], far])  # (a, 4) point indices
+        y = py[active[:, None], slots]
+        x = px[active[:, None], slots]
+        # circles on the pairs (diameters) and triples (circumcircles; none if collinear)
+        i, j = _PAIRS[:, 0], _PAIRS[:, 1]
+        pair_y = (y[:, i] + y[:, j]) / 2.0
+        pair_x = (x[:, i] + x[:, j]) / 2.0
+        pair_r2 = (y[:, i] - pair_y) ** 2 + (x[:, i] - pair_x) ** 2
+        yi, yj, yk = (y[:, _TRIPLES[:, t]] for t in range(3))
+        xi, xj, xk = (x[:, _TRIPLES[:, t]] for t in range(3))
+        d = 2.0 * (yi * (xj - xk) + yj * (xk - xi) + yk * (xi - xj))
+        a2, b2, c2 = yi * yi + xi * xi, yj * yj + xj * xj, yk * yk + xk * xk
+        safe = np.where(d == 0, 1.0, d)
+        tri_y = (a2 * (xj - xk) + b2 * (xk - xi) + c2 * (xi - xj)) / safe
+        tri_x = (a2 * (yk - yj) + b2 * (yi - yk) + c2 * (yj - yi)) / safe
+        tri_r2 = np.where(d == 0, np.inf, (yi - tri_y) ** 2 + (xi - tri_x) ** 2)
+        cand_y = np.concatenate([pair_y, tri_y], axis=1)  # (a, 10)
+        cand_x = np.concatenate([pair_x, tri_x], axis=1)
+        cand_r2 = np.concatenate([pair_r2, tri_r2], axis=1)
+        dist2 = (y[:, None, :] - cand_y[:, :, None]) ** 2 + (x[:, None, :] - cand_x[:, :, None]) ** 2
+        holds = _fits(dist2, cand_r2[:, :, None]).all(axis=2) & np.isfinite(cand_r2)
+        best = np.where(holds, cand_r2, np.inf).argmin(axis=1)
+        rows = np.arange(active.size)
+        cy[active] = cand_y[rows, best]
+        cx[active] = cand_x[rows, best]
+        r2[active] = cand_r2[rows, best]
+        # the chosen circle's points, as slots of the four (a pair repeats its second)
+        members = np.concatenate([_PAIRS[:, [0, 1, 1]], _TRIPLES])[best]
+        support[active] = np.take_along_axis(slots, members, axis=1)
+    else:
+        dy = py[active] - cy[active, None]
+        dx = px[active] - cx[active, None]
+        d2 = np.where(ok[active], dy * dy + dx * dx, -1.0)
+        active = active[~_fits(d2, r2[active, None]).all(axis=1)]
+    return cy, cx, r2, active
+
+
 def iter_minimum_enclosing_circles(hulls: Hulls) -> Generator[int, None, tuple[np.ndarray, np.ndarray]]:
-    """:func:`minimum_enclosing_circles`, yielding the number of labels done every :data:`EVERY`."""
+    """:func:`minimum_enclosing_circles`, yielding the number of labels done every :data:`EVERY`.
+
+    The labels go :data:`EVERY` at a time through the vectorised :func:`_mec_block`;
+    any it leaves unfinished (none seen so far) through Welzl's :func:`_mec`.
+    """
     centres = np.zeros((hulls.n, 2))
     radii = np.zeros(hulls.n)
-    ys, xs = hulls.y.tolist(), hulls.x.tolist()
-    rng = np.random.default_rng(0)  # a shuffled order keeps Welzl's expected linear time
-    for k, (s, c) in enumerate(zip(hulls.start.tolist(), hulls.count.tolist(), strict=True)):
-        if k and k % EVERY == 0:
-            yield k
-        order = (s + rng.permutation(c)).tolist() if c > 3 else list(range(s, s + c))
-        oy, ox, r = _mec([ys[i] for i in order], [xs[i] for i in order])
-        centres[k] = oy, ox
-        radii[k] = r
+    for k0 in range(0, hulls.n, EVERY):
+        if k0:
+            yield k0
+        k1 = min(hulls.n, k0 + EVERY)
+        v0 = int(hulls.start[k0])
+        v1 = int(hulls.start[k1 - 1] + hulls.count[k1 - 1])
+        part = Hulls(hulls.y[v0:v1], hulls.x[v0:v1], hulls.start[k0:k1] - v0, hulls.count[k0:k1])
+        cy, cx, r2, left = _mec_block(*part.padded())
+        centres[k0:k1, 0] = cy
+        centres[k0:k1, 1] = cx
+        radii[k0:k1] = np.sqrt(r2)
+        for k in (left + k0).tolist():
+            s, c = int(hulls.start[k]), int(hulls.count[k])
+            centres[k, 0], centres[k, 1], radii[k] = _mec(
+                hulls.y[s : s + c].tolist(), hulls.x[s : s + c].tolist()
+            )
     return centres, radii
 
 
@@ -284,6 +391,15 @@ def _zernike_monomials(indexes: list[tuple[int, int]], deg: int) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=4)
+def _zernike_coefficients(n_max: int) -> np.ndarray:
+    """:func:`_zernike_monomials` of :func:`zernike_indexes` up to ``n_max``, computed once
+    (read-only; building them took a fifth of an image's Zernike scores)."""
+    coef = _zernike_monomials(zernike_indexes(n_max), n_max)
+    coef.flags.writeable = False
+    return coef
+
+
 def _power_sum_table(max_len: int, deg: int) -> np.ndarray:
     """``T[L, k] = sum_{t=0}^{L-1} t^k`` for ``L <= max_len``, ``k <= deg``."""
     t = np.arange(max_len, dtype=np.float64)
@@ -317,7 +433,7 @@ def zernike_scores(
     indexes = zernike_indexes(n_max)
     n = radii.size
     deg = n_max
-    coef = _zernike_monomials(indexes, deg)  # (K, p, q)
+    coef = _zernike_coefficients(n_max)  # (K, p, q)
     with np.errstate(invalid="ignore", divide="ignore"):
         inv_r = np.where(radii > 0, 1.0 / radii, np.nan)
     r_run = inv_r[rank]
