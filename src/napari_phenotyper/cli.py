@@ -246,14 +246,9 @@ class _LargeImage:
 
     def center(self, size: int = 2048) -> np.ndarray:
         """The central ``size x size`` region (one channel), where the diameter is estimated."""
-        from .core.pipeline import select_channel
+        from .core.blockwise import centre_region
 
-        h, w = self.shape
-        y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
-        index: list[slice] = [slice(None)] * len(self.plane.shape)
-        spatial = [a for a in range(len(self.plane.shape)) if a != self.channel_axis]
-        index[spatial[0]], index[spatial[1]] = slice(y0, y0 + size), slice(x0, x0 + size)
-        return select_channel(np.asarray(self.plane[tuple(index)]), self.channel_axis, self.channel)
+        return centre_region(self.plane, self.channel_axis, size)
 
 
 def _load_input(path: Path, args: argparse.Namespace) -> np.ndarray | _LargeImage:

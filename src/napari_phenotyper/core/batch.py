@@ -363,18 +363,6 @@ def _read_input(path: Path, channel: int | None) -> tuple[np.ndarray | None, tup
     return select_channel(np.asarray(plane), channel_axis, None), None
 
 
-def _centre(plane: Any, channel_axis: int | None, size: int = 2048) -> np.ndarray:
-    """The central ``size x size`` region of a lazy plane (one channel): where the diameter is estimated."""
-    from .pipeline import select_channel
-
-    spatial = [a for a in range(len(plane.shape)) if a != channel_axis]
-    index: list[slice] = [slice(None)] * len(plane.shape)
-    for a in spatial:
-        start = max(0, (int(plane.shape[a]) - size) // 2)
-        index[a] = slice(start, start + size)
-    return select_channel(np.asarray(plane[tuple(index)]), channel_axis, None)
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -543,7 +531,9 @@ def _blockwise(
 
     plane, channel_axis = large
     if ctx.pipeline.auto_diameter:
-        params = estimate_params_diameter(ctx.pipeline.segmenter, params, _centre(plane, channel_axis))
+        params = estimate_params_diameter(
+            ctx.pipeline.segmenter, params, blockwise.centre_region(plane, channel_axis)
+        )
     scratch = None
     if ctx.labels:
         labels_file.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "BlockGrid",
     "BlockwiseResult",
+    "centre_region",
     "default_overlap",
     "iter_segment_blockwise",
 ]
@@ -90,6 +91,18 @@ _OVERVIEW = 2048
 # Coordinate columns that are shifted from block to image coordinates.
 _Y_COLUMNS = ("centroid_y", "bbox_min_y", "bbox_max_y")
 _X_COLUMNS = ("centroid_x", "bbox_min_x", "bbox_max_x")
+
+
+def centre_region(plane: Any, channel_axis: int | None = None, size: int = 2048) -> np.ndarray:
+    """The central ``size x size`` region of a lazy 2-D plane (one channel: the mean of
+    several), read alone: where a segmenter's diameter is estimated before going block-wise."""
+    from .pipeline import select_channel
+
+    index: list[slice] = [slice(None)] * len(plane.shape)
+    for a in (a for a in range(len(plane.shape)) if a != channel_axis):
+        start = max(0, (int(plane.shape[a]) - size) // 2)
+        index[a] = slice(start, start + size)
+    return select_channel(np.asarray(plane[tuple(index)]), channel_axis, None)
 
 
 def default_overlap(params: Any) -> int:
