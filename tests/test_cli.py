@@ -304,6 +304,19 @@ def test_classify_trains_from_annotated_cells_and_applies_to_tables(tmp_path, ca
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("RESULT n_cells=500 n_classes=8 ")
     assert float(last.split("cv_accuracy=")[1].split()[0]) > 0.8
+    from napari_phenotyper.core.classify.session import LoopSettings
+    from napari_phenotyper.io.classifier_io import load_classifier
+
+    saved = load_classifier(clf)  # the CLI trains what the Phenotypes dock trains by default
+    assert saved.settings["kind"] == LoopSettings().classifier == "self_trained"
+    assert saved.X_unlabelled is None or len(saved.X_unlabelled) == 0  # every row had a class
+    partly = train.copy()
+    partly.loc[partly.index[:60], "class_name"] = None  # cells nobody classified
+    partly.to_csv(tmp_path / "partly.csv", index=False)
+    argv2 = [*argv[:2], str(tmp_path / "partly.csv"), *argv[3:-1], str(tmp_path / "partly.phenotyper.zip")]
+    assert main(argv2) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT n_cells=440 n_classes=8 ")
+    assert load_classifier(tmp_path / "partly.phenotyper.zip").X_unlabelled.shape[0] == 60
     folder = tmp_path / "tables"
     folder.mkdir()
     truth = test["class_name"].reset_index(drop=True)

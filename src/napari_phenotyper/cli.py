@@ -726,11 +726,12 @@ def _classify_train(args: argparse.Namespace) -> int:
             f"{args.train} has no column {args.class_column!r}; name the column holding each cell's "
             "class with --class-column."
         )
-    annotated = table[table[args.class_column].notna() & (table[args.class_column].astype(str) != "")]
-    classes = annotated[args.class_column].astype(str).reset_index(drop=True)
+    given = (table[args.class_column].notna() & (table[args.class_column].astype(str) != "")).to_numpy()
+    classes = table.loc[given, args.class_column].astype(str).reset_index(drop=True)
     if classes.nunique() < 2:
         raise CLIError(f"{args.train} needs cells of at least two classes in {args.class_column!r}.")
-    cells = annotated.drop(columns=[args.class_column]).reset_index(drop=True)
+    # every row is a cell: those without a class are what a self-trained classifier learns from as well
+    cells = table.drop(columns=[args.class_column]).reset_index(drop=True)
     if "label" not in cells.columns or not cells["label"].is_unique:
         cells = _with_row_labels(cells)  # cells of many images: one id per row here
     session = PhenotypingSession(None)
@@ -749,7 +750,7 @@ def _classify_train(args: argparse.Namespace) -> int:
     session.set_image(key, cells, None, name=Path(args.train).name)
     for name in sorted(classes.unique()):
         session.add_class(name)
-    ids = cells["label"].to_numpy()
+    ids = cells["label"].to_numpy()[given]
     for name in sorted(classes.unique()):
         session.annotate_many(key, ids[(classes == name).to_numpy()].tolist(), name)
     session.apply_quality(run(session.iter_quality()))
@@ -1177,8 +1178,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument(
         "--kind",
-        default="random_forest",
-        help="with --train: random_forest, gradient_boosting, logistic_regression, svm or knn",
+        default="self_trained",  # LoopSettings().classifier (tests/test_cli.py checks they agree)
+        help="with --train: self_trained (default: a logistic regression that also learns from the "
+        "table's rows without a class), random_forest, gradient_boosting, logistic_regression, svm or knn",
     )
     cl.add_argument(
         "--groups", default=None, help="with --train: feature groups to use (default: every numeric column)"

@@ -104,7 +104,10 @@ def test_retrain_predicts_every_cell_and_the_frame_carries_it(loop):
     assert frame.loc[1, "pheno_annotation"] == "big" and frame["pheno_annotation"].isna().sum() == 42
     counts = session.predicted_counts()
     assert sum(counts.values()) == 48 and abs(counts["big"] - 24) <= 2
-    # the live pass cuts a forest, the full one does not
+    # the default learner is the self-trained one, and it learnt from the unannotated cells
+    assert result.model.settings.kind == "self_trained" and not session.is_live_cut()
+    # a forest: the live pass cuts it, the full one does not
+    session.configure(classifier="random_forest")
     assert session.model_settings(live=True).trees == 32 and session.model_settings().trees == 100
     outcome = run(session.iter_quality(folds=2))
     assert session.apply_quality(outcome)

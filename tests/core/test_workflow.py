@@ -117,3 +117,53 @@ def test_self_trained_classifier_rejects_bad_input():
     model = SelfTrainedClassifier().fit(X, y)
     with pytest.raises(ValueError, match="fitted on 5"):
         model.predict(X[:, :3])
+
+
+def test_the_self_trained_kind_is_the_workflow_learner_and_imputes_nan():
+    import pandas as pd
+
+    from napari_phenotyper.core.classify.model import (
+        SELF_TRAIN_MAX_UNLABELLED,
+        ClassifierSettings,
+        cross_validate,
+        predict,
+        train,
+        unlabelled_sample,
+    )
+
+    X, y = _blobs(seed=1, sep=2.5)
+    names = [f"f{j}" for j in range(X.shape[1])]
+    table = pd.DataFrame(X, columns=names)
+    rng = np.random.default_rng(3)
+    lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 2, replace=False) for c in "abc"])
+    unannotated = np.ones(len(y), bool)
+    unannotated[lab] = False
+    pool = unlabelled_sample([table], [unannotated], names)
+    assert len(pool) == len(y) - 6
+    settings = ClassifierSettings(kind="self_trained")
+    model = train(table.iloc[lab], y[lab], settings, unlabelled=pool)
+    # the product's kind is the workflow's learner: the same probabilities
+    ref = SelfTrainedClassifier().fit(X[lab], y[lab], pool.to_numpy())
+    frame = predict(model, table)
+    np.testing.assert_allclose(
+        frame[[f"pheno_proba_{c}" for c in "abc"]].to_numpy(), ref.predict_proba(X), atol=1e-5
+    )  # float32 features
+    assert (frame["pheno_class"].astype(str).to_numpy() == y).mean() > 0.85
+    # a cell whose feature could not be measured still gets a class (median imputed)
+    holed = table.copy()
+    holed.iloc[lab[0], 0] = np.nan
+    holed.iloc[int(np.flatnonzero(unannotated)[0]), 1] = np.nan
+    again = train(
+        holed.iloc[lab], y[lab], settings, unlabelled=unlabelled_sample([holed], [unannotated], names)
+    )
+    assert predict(again, holed)["pheno_class"].notna().all()
+    # cross-validated on the answers alone
+    cv = cross_validate(table.iloc[lab], y[lab], settings, folds=2)
+    assert cv is not None and cv["folds"] == 2 and len(cv["predicted"]) == 6
+    # a large pool is sampled: bounded, seeded, in the tables' order
+    big = pd.DataFrame({"f0": np.arange(5000.0)})
+    masks = [np.ones(5000, bool), np.arange(5000) % 2 == 0]
+    sample = unlabelled_sample([big, big], masks, ["f0"], seed=1)
+    assert len(sample) == SELF_TRAIN_MAX_UNLABELLED
+    pd.testing.assert_frame_equal(sample, unlabelled_sample([big, big], masks, ["f0"], seed=1))
+    assert not sample.equals(unlabelled_sample([big, big], masks, ["f0"], seed=2))

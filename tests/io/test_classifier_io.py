@@ -324,3 +324,43 @@ def test_classifier_saved_with_old_texture_names_applies_to_new_tables(tmp_path)
         np.testing.assert_allclose(back["glcm_energy_dna"], new["glcm_energy_dna"], rtol=1e-9)
         only = read_table(written, columns=["label", "glcm_energy_dna"])
         assert list(only.columns) == ["label", "glcm_energy_dna"]
+
+
+def test_self_trained_classifier_file_keeps_its_unlabelled_cells(tmp_path):
+    from napari_phenotyper.core.classify.model import unlabelled_sample
+
+    df, y = _data(n=90, seed=3)
+    labelled = np.arange(len(df)) < 12  # a few answers, the rest unannotated
+    names = feature_columns_for(df)
+    pool = unlabelled_sample([df], [~labelled], names, seed=0)
+    assert len(pool) == 78 and list(pool.columns) == names
+    settings = ClassifierSettings(kind="self_trained")
+    model = train(df[labelled], y[labelled], settings, unlabelled=pool)
+    alone = train(df[labelled], y[labelled], settings)  # without the unannotated cells
+    path = save_classifier(
+        tmp_path / "st.phenotyper.zip", df[labelled], list(y[labelled]), names, settings, unlabelled=pool
+    )
+    loaded = load_classifier(path)
+    assert loaded.X_unlabelled is not None and loaded.X_unlabelled.shape == (78, len(names))
+    again = loaded.train()
+    pd.testing.assert_frame_equal(predict(model, df), predict(again, df))  # the same model back
+    assert not np.allclose(
+        predict(model, df)["pheno_proba_mitosis"].to_numpy(),
+        predict(alone, df)["pheno_proba_mitosis"].to_numpy(),
+    )  # ...which the unannotated cells did change
+
+
+def test_a_crafted_unlabelled_member_is_refused(tmp_path):
+    df, y = _data()
+    names = feature_columns_for(df)
+    path = save_classifier(tmp_path / "a.phenotyper.zip", df, list(y), names, ClassifierSettings())
+    with zipfile.ZipFile(path) as zf:
+        header = json.loads(zf.read("classifier.json"))
+    buf = io.BytesIO()
+    np.savez(
+        buf, X=df[names].to_numpy(np.float64), y=np.zeros(len(df), np.int64), X_unlabelled=np.zeros((3, 5))
+    )
+    bad = tmp_path / "bad.phenotyper.zip"
+    _write_zip(bad, header, buf.getvalue())
+    with pytest.raises(ValueError, match="X_unlabelled has shape"):
+        load_classifier(bad)

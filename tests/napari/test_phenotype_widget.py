@@ -705,3 +705,19 @@ def test_the_loop_runs_on_a_cellprofiler_table(make_napari_viewer, qtbot, tmp_pa
         assert "centroid_y" not in used
     finally:
         next(opened, None)  # closes the session
+
+
+def test_a_new_session_trains_the_self_trained_learner_and_trees_follow_the_forest(setup, qtbot):
+    viewer, layer, widget, kinds, _ = setup
+    assert widget.kind.currentData() == "self_trained" and not widget.trees.isEnabled()
+    widget.auto.setChecked(False)
+    for cell in (1, 2, 3, 4):
+        widget.annotate(layer, cell, kinds[cell])
+    widget.retrain()
+    qtbot.waitUntil(lambda: widget.result is not None and widget._worker is None, timeout=30000)
+    assert widget.result.model.settings.kind == "self_trained"
+    table = widget.session.pheno_frame(widget.key_of(layer))
+    truth = np.array([kinds[int(lab)] for lab in widget.session.images[widget.key_of(layer)].table["label"]])
+    assert (table["pheno_class"].astype(str).to_numpy() == truth).mean() >= 0.9  # from 4 answers
+    widget.kind.setCurrentIndex(widget.kind.findData("random_forest"))
+    assert widget.session.loop.classifier == "random_forest" and widget.trees.isEnabled()

@@ -136,6 +136,10 @@ class PhenotypeControls(QWidget):
         self.trees.setValue(ClassifierSettings().trees)
         self.trees.setToolTip("Trees of the random forest: fewer retrain and predict faster.")
         form.addRow("Trees", self.trees)
+        self.kind.currentIndexChanged.connect(
+            lambda _i: self.trees.setEnabled(self.kind.currentData() == "random_forest")
+        )
+        self.trees.setEnabled(self.kind.currentData() == "random_forest")  # only a forest has trees
         groups = QGridLayout()  # three a row: the dock stays narrow
         self.groups: dict[str, QCheckBox] = {}
         for i, g in enumerate(FEATURE_GROUP_NAMES):
@@ -324,6 +328,7 @@ class PhenotypeControls(QWidget):
         finally:
             for w in widgets:
                 w.blockSignals(False)
+        self.trees.setEnabled(loop.classifier == "random_forest")  # only a forest has trees
         regression = self.session.task == "regression"
         self.class_box.setVisible(not regression)
         self.value_box.setVisible(regression)

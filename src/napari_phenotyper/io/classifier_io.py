@@ -8,7 +8,10 @@ A classifier file is a zip archive holding two members:
 ``training.npz``
     ``X`` (float64, annotated cells x features) and ``y``, loaded with
     ``allow_pickle=False``: for a classifier the class index of each cell (integers),
-    for a regressor its phenotype value (float64).
+    for a regressor its phenotype value (float64); for a self-trained classifier also
+    ``X_unlabelled`` (float64, the sample of unannotated cells it learnt from, at most
+    :data:`~napari_phenotyper.core.classify.model.SELF_TRAIN_MAX_UNLABELLED`), so that
+    loading rebuilds the same model.
 
 Loading validates the schema and retrains the model from the stored training set with
 its deterministic settings, so nothing executable is ever deserialised: a crafted file
@@ -79,6 +82,8 @@ class ClassifierFile:
     metadata : dict
     task : str
         ``"classification"`` or ``"regression"``.
+    X_unlabelled : numpy.ndarray or None
+        float64, the unannotated cells a self-trained classifier learnt from.
     """
 
     classes: list[str]
@@ -89,6 +94,7 @@ class ClassifierFile:
     colors: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"
+    X_unlabelled: np.ndarray | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -151,7 +157,10 @@ class ClassifierFile:
             return train_regressor(table, targets, settings, feature_names=self.feature_names)
         from ..core.classify.model import train
 
-        return train(table, targets, settings, feature_names=self.feature_names)
+        pool = (
+            None if self.X_unlabelled is None else pd.DataFrame(self.X_unlabelled, columns=self.feature_names)
+        )
+        return train(table, targets, settings, feature_names=self.feature_names, unlabelled=pool)
 
 
 def _settings_class(task: str) -> Any:
@@ -176,7 +185,13 @@ def _settings_json(settings: Any) -> dict[str, Any]:
     return s
 
 
-def _write(path: str | os.PathLike, header: dict[str, Any], X: np.ndarray, y: np.ndarray) -> Path:
+def _write(
+    path: str | os.PathLike,
+    header: dict[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    X_unlabelled: np.ndarray | None = None,
+) -> Path:
     from ..core.pipeline import package_versions
 
     header = {
@@ -186,7 +201,10 @@ def _write(path: str | os.PathLike, header: dict[str, Any], X: np.ndarray, y: np
 
     def _write_zip(tmp: Path) -> None:
         buf = io.BytesIO()
-        np.savez_compressed(buf, X=X, y=y)
+        if X_unlabelled is None:
+            np.savez_compressed(buf, X=X, y=y)
+        else:
+            np.savez_compressed(buf, X=X, y=y, X_unlabelled=X_unlabelled)
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("classifier.json", json.dumps(header, indent=2, allow_nan=False))
             zf.writestr("training.npz", buf.getvalue())
@@ -202,6 +220,7 @@ def save_classifier(
     settings: Any,
     colors: dict[str, str] | None = None,
     metadata: dict[str, Any] | None = None,
+    unlabelled: pd.DataFrame | None = None,
 ) -> Path:
     """Write a classifier file (atomically).
 
@@ -220,6 +239,9 @@ def save_classifier(
         Class name -> colour (hex) for display.
     metadata : dict, optional
         JSON-serialisable extras (package versions, source images...).
+    unlabelled : pandas.DataFrame, optional
+        For a ``"self_trained"`` classifier: the unannotated cells it learns from
+        (at least ``feature_names`` columns).
 
     Returns
     -------
@@ -241,7 +263,8 @@ def save_classifier(
         "n_cells": len(names),
         "metadata": metadata or {},
     }
-    return _write(path, header, X, y)
+    pool = None if unlabelled is None else unlabelled[list(feature_names)].to_numpy(dtype=np.float64)
+    return _write(path, header, X, y, pool)
 
 
 def save_regressor(
@@ -356,6 +379,7 @@ def load_classifier(path: str | os.PathLike) -> ClassifierFile:
             with np.load(io.BytesIO(_read_member(zf, "training.npz", path)), allow_pickle=False) as npz:
                 X = np.asarray(npz["X"])
                 y = np.asarray(npz["y"])
+                pool = np.asarray(npz["X_unlabelled"]) if "X_unlabelled" in npz.files else None
         except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
             raise _bad(path, f"training.npz cannot be read safely ({exc}).") from None
     classes = header.get("classes")
@@ -377,6 +401,11 @@ def load_classifier(path: str | os.PathLike) -> ClassifierFile:
     if X.dtype != np.float64 or X.ndim != 2 or X.shape[1] != len(features):
         raise _bad(
             path, f"X has shape {X.shape} and dtype {X.dtype}; expected float64 with {len(features)} columns."
+        )
+    if pool is not None and (pool.dtype != np.float64 or pool.ndim != 2 or pool.shape[1] != len(features)):
+        raise _bad(
+            path,
+            f"X_unlabelled has shape {pool.shape} and dtype {pool.dtype}; expected float64 with {len(features)} columns.",
         )
     if task == "regression":
         if y.dtype != np.float64 or y.shape != (X.shape[0],) or not np.isfinite(y).all():
@@ -408,4 +437,5 @@ def load_classifier(path: str | os.PathLike) -> ClassifierFile:
         colors={str(k): str(v) for k, v in colors.items()} if isinstance(colors, dict) else {},
         metadata=metadata if isinstance(metadata, dict) else {},
         task=task,
+        X_unlabelled=pool,
     )

@@ -28,6 +28,7 @@ from .model import (
     predict_proba,
     prediction_frame,
     train,
+    unlabelled_sample,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "propose",
     "training_columns",
     "training_set",
+    "unlabelled_pool",
 ]
 
 #: Rows predicted per progress step (a cancel is honoured between chunks).
@@ -286,7 +288,10 @@ def iter_train_predict(
     if task == "regression":
         model: Any = train_regressor(X, [float(v) for v in y], settings, names)
     else:
-        model = train(X, y, settings, names, n_jobs=n_jobs)
+        pool = (
+            unlabelled_pool(tables, annotations, names, settings) if settings.kind == "self_trained" else None
+        )
+        model = train(X, y, settings, names, n_jobs=n_jobs, unlabelled=pool)
     t_train = time.perf_counter() - t0
     done = 1
     yield Progress(done, total, "Trained")
@@ -321,6 +326,22 @@ def iter_train_predict(
         seconds_predict=time.perf_counter() - t0,
         importances=feature_importances(model),
     )
+
+
+def unlabelled_pool(
+    tables: Mapping[str, pd.DataFrame],
+    annotations: Mapping[str, Mapping[int, Any]],
+    names: list[str],
+    settings: ClassifierSettings,
+) -> pd.DataFrame:
+    """The unannotated cells a self-trained classifier learns from (a seeded sample of
+    the tables that have every feature column)."""
+    usable = [k for k, t in tables.items() if all(c in t.columns for c in names)]
+    masks = [
+        ~np.isin(tables[k]["label"].to_numpy(), np.fromiter(annotations.get(k, {}).keys(), np.int64))
+        for k in usable
+    ]
+    return unlabelled_sample([tables[k] for k in usable], masks, names, seed=settings.seed)
 
 
 def feature_importances(model: TrainedClassifier | Any) -> pd.Series | None:

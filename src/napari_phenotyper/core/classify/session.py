@@ -43,6 +43,7 @@ from .engine import (
     iter_train_predict,
     propose,
     training_set,
+    unlabelled_pool,
 )
 from .geometry import CellShape, cell_shape
 from .model import CLASSIFIERS, FEATURE_GROUP_NAMES, ClassifierSettings
@@ -108,7 +109,10 @@ class LoopSettings:
     ----------
     classifier : str
         One of :data:`~.model.CLASSIFIERS` (regression uses the regressor of that name,
-        else a random forest).
+        else a random forest). The default, ``"self_trained"``, is the learner that
+        ``benchmarks/active_learning.py --workflow default`` measured best: from tens of
+        answers over hundreds of features, a logistic regression that also learns from
+        the unannotated cells generalises much better than a forest.
     feature_groups : tuple of str or None
         Feature groups to learn from; ``None``: all of them.
     trees : int
@@ -122,7 +126,7 @@ class LoopSettings:
         Random seed of the models.
     """
 
-    classifier: str = "random_forest"
+    classifier: str = "self_trained"
     feature_groups: tuple[str, ...] | None = None
     trees: int = ClassifierSettings().trees
     strategy: str = "margin"
@@ -1086,8 +1090,9 @@ class PhenotypingSession:
         X, y, _ = training_set(tables, answers, names)
         if len(set(y)) < 2:
             raise ValueError("Annotate cells of at least two classes before saving a classifier.")
+        pool = unlabelled_pool(tables, answers, names, settings) if settings.kind == "self_trained" else None
         return save_classifier(
-            path, X, y, names, settings, colors=self.colors(), metadata=dict(metadata or {})
+            path, X, y, names, settings, colors=self.colors(), metadata=dict(metadata or {}), unlabelled=pool
         )
 
     def load_classifier(self, path: str | os.PathLike, channel_map: Mapping[str, str] | None = None) -> str:
