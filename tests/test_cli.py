@@ -400,6 +400,8 @@ def test_classify_images_segments_measures_and_classifies_them(tmp_path, capsys)
         str(tmp_path / "annotated.csv"),
         "--class-column",
         "size",
+        "--kind",  # a size threshold: the forest's task (the self-trained default gets 0.87 here)
+        "random_forest",
         "--out",
         str(clf),
     ]

@@ -36,7 +36,7 @@ __all__ = [
 
 #: Classifier kinds and their display names.
 CLASSIFIERS: dict[str, str] = {
-    "self_trained": "Logistic regression, self-trained on all cells",
+    "self_trained": "Self-trained logistic",
     "random_forest": "Random forest",
     "gradient_boosting": "Histogram gradient boosting",
     "logistic_regression": "Logistic regression",
