@@ -8,7 +8,6 @@ saved classifier never needs pickle.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -215,38 +214,31 @@ class SelfTrainedPipeline:
 
     def __init__(self) -> None:
         self.classes_: np.ndarray = np.empty(0)
-        self._medians: np.ndarray | None = None
+        self._imputer: Any = None
         self._model: Any = None
 
-    def _impute(self, X: np.ndarray) -> np.ndarray:
-        assert self._medians is not None
-        X = np.array(X, dtype=np.float64, copy=True)
-        bad = np.isnan(X)
-        if bad.any():
-            X[bad] = np.take(self._medians, np.nonzero(bad)[1])
-        return X
-
     def fit(self, X: np.ndarray, y: Any, X_unlabelled: np.ndarray | None = None) -> SelfTrainedPipeline:
+        from sklearn.impute import SimpleImputer
+
         from .workflow import SelfTrainedClassifier
 
         xu = np.empty((0, X.shape[1])) if X_unlabelled is None else np.asarray(X_unlabelled, dtype=np.float64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: median 0
-            medians = np.nanmedian(np.vstack([X, xu]), axis=0)
-        self._medians = np.where(np.isfinite(medians), medians, 0.0)
-        self._model = SelfTrainedClassifier().fit(self._impute(X), y, self._impute(xu) if len(xu) else None)
+        # the same median imputation as the other kinds; an all-NaN column becomes 0
+        self._imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(np.vstack([X, xu]))
+        pool = self._imputer.transform(xu) if len(xu) else None
+        self._model = SelfTrainedClassifier().fit(self._imputer.transform(X), y, pool)
         self.classes_ = self._model.classes_
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self._model.predict_proba(self._impute(X))
+        return self._model.predict_proba(self._imputer.transform(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self._model.predict(self._impute(X))
+        return self._model.predict(self._imputer.transform(X))
 
     @property
     def coef_(self) -> np.ndarray:
-        return np.asarray(self._model._model.coef_)
+        return self._model.coef_
 
 
 @dataclass

@@ -223,6 +223,13 @@ class SelfTrainedClassifier:
             )
         return np.asarray(self._model.predict_proba(self._scaler.transform(x)), dtype=np.float64)
 
+    @property
+    def coef_(self) -> NDArray[np.float64]:
+        """The logistic regression's coefficients (on standardised features), per class."""
+        if self._model is None:
+            raise ValueError("SelfTrainedClassifier is not fitted yet; call fit(...) first")
+        return np.asarray(self._model.coef_, dtype=np.float64)
+
     def predict(self, X: ArrayLike) -> NDArray[Any]:
         """The most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
