@@ -48,33 +48,63 @@ def canvas_widget(host: QWidget | None) -> QWidget | None:
 
 
 class _Overlay(QWidget):
-    """Transparent, click-through, drawn over the canvas: a ring and a line of text."""
+    """Transparent and click-through, over the canvas: the ring round a cell, or the
+    line of text at the canvas's foot.
 
-    def __init__(self, parent: QWidget) -> None:
+    Each is its own small widget, as large as what it draws: Qt repaints and composites
+    (with napari's GL canvas) only the area of a widget that changed, so a canvas-sized
+    overlay cost about 15 ms a key press on llvmpipe where these cost a few.
+    """
+
+    def __init__(self, parent: QWidget, kind: str) -> None:
         super().__init__(parent)
+        self.kind = kind  # "ring" or "line"
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
         self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.ring: tuple[float, float, float] | None = None  # x, y, radius in widget pixels
+        self.ring: tuple[float, float, float] | None = None  # x, y, radius in canvas pixels
         self.color = QColor(_CLEARED_COLOR)
         self.text = ""
+        font = QFont(self.font())
+        font.setPointSizeF(max(font.pointSizeF(), 11.0))
+        self.setFont(font)
         self.hide()
+
+    def _pen(self) -> float:
+        return max(3.0, self.ring[2] * 0.15) if self.ring is not None else 3.0
+
+    def place(self) -> None:
+        """Fit the widget to what it draws (canvas pixels), and show it, or hide it when
+        there is nothing to draw."""
+        canvas = self.parentWidget()
+        if self.kind == "ring":
+            if self.ring is None:
+                self.hide()
+                return
+            x, y, r = self.ring
+            half = r + self._pen()
+            self.setGeometry(int(x - half) - 1, int(y - half) - 1, int(2 * half) + 3, int(2 * half) + 3)
+        else:
+            if not self.text:
+                self.hide()
+                return
+            metrics = self.fontMetrics()
+            w, h = metrics.horizontalAdvance(self.text) + 20, metrics.height() + 10
+            self.setGeometry(int((canvas.width() - w) / 2), canvas.height() - h - 12, w, h)
+        self.show()
+        self.raise_()
+        self.update()
 
     def paintEvent(self, _event: Any) -> None:  # noqa: N802 (Qt's name)
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        if self.ring is not None:
+        if self.kind == "ring" and self.ring is not None:
             x, y, r = self.ring
-            painter.setPen(QPen(self.color, max(3.0, r * 0.15)))
+            painter.setPen(QPen(self.color, self._pen()))
             painter.setBrush(Qt.BrushStyle.NoBrush)
-            painter.drawEllipse(QPointF(x, y), r, r)
-        if self.text:
-            font = QFont(painter.font())
-            font.setPointSizeF(max(font.pointSizeF(), 11.0))
-            painter.setFont(font)
-            metrics = painter.fontMetrics()
-            w, h = metrics.horizontalAdvance(self.text) + 20, metrics.height() + 10
-            box = QRectF((self.width() - w) / 2, self.height() - h - 12, w, h)
+            painter.drawEllipse(QPointF(x - self.x(), y - self.y()), r, r)
+        elif self.kind == "line" and self.text:
+            box = QRectF(0, 0, self.width(), self.height())
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setBrush(QColor(0, 0, 0, 170))
             painter.drawRoundedRect(box, 6, 6)
@@ -97,7 +127,7 @@ class AnnotationFlash:
         self._timer.setSingleShot(True)
         self._timer.setInterval(FLASH_MS)
         self._timer.timeout.connect(self.hide)
-        self._overlay: _Overlay | None = None
+        self._overlays: tuple[_Overlay, _Overlay] | None = None  # the ring, the line
         self._canvas: QWidget | None = None  # napari's canvas, once found
         self.text = ""
         self.color: str | None = None
@@ -118,21 +148,30 @@ class AnnotationFlash:
         self._canvas = canvas_widget(self.host)
         return self._canvas
 
-    def _get_overlay(self) -> _Overlay | None:
-        if self._overlay is not None:
-            with contextlib.suppress(RuntimeError):  # its canvas was deleted
-                self._overlay.isVisible()
-                return self._overlay
-            self._overlay = None
+    def _get_overlays(self) -> tuple[_Overlay, _Overlay] | None:
+        if self._overlays is not None:
+            with contextlib.suppress(RuntimeError):  # their canvas was deleted
+                for w in self._overlays:
+                    w.isVisible()
+                return self._overlays
+            self._overlays = None
         canvas = self._find_canvas()
         if canvas is None:
             return None
-        self._overlay = _Overlay(canvas)
-        return self._overlay
+        self._overlays = (_Overlay(canvas, "ring"), _Overlay(canvas, "line"))
+        return self._overlays
+
+    @property
+    def _ring(self) -> _Overlay | None:
+        return self._overlays[0] if self._overlays is not None else None
+
+    @property
+    def _line(self) -> _Overlay | None:
+        return self._overlays[1] if self._overlays is not None else None
 
     def _screen(self, world: np.ndarray, size: float) -> tuple[float, float, float] | None:
         """Where ``world`` (y, x) is on the canvas, in widget pixels (2D views only)."""
-        canvas = self._overlay.parentWidget() if self._overlay is not None else self._find_canvas()
+        canvas = self._ring.parentWidget() if self._ring is not None else self._find_canvas()
         dims = getattr(self.viewer, "dims", None)
         if canvas is None or (dims is not None and int(getattr(dims, "ndisplay", 2)) != 2):
             return None
@@ -150,31 +189,28 @@ class AnnotationFlash:
         self.text, self.color = text, color or _CLEARED_COLOR
         self.ring = None if world is None else self._screen(np.asarray(world, dtype=float), size)
         self.showing = True
-        overlay = self._get_overlay()
-        if overlay is not None:
-            canvas = overlay.parentWidget()
-            overlay.setGeometry(0, 0, canvas.width(), canvas.height())
-            overlay.ring, overlay.color, overlay.text = self.ring, QColor(self.color), text
-            overlay.show()
-            overlay.raise_()
-            overlay.update()
+        overlays = self._get_overlays()
+        if overlays is not None:
+            for w in overlays:
+                w.ring, w.color, w.text = self.ring, QColor(self.color), text
+                w.place()
         self._timer.start()
 
     def _on_camera(self, _event: Any = None) -> None:
         if self.showing and self.ring is not None:  # the ring would point at another cell
             self.ring = None
-            if self._overlay is not None:
+            if self._ring is not None:
                 with contextlib.suppress(RuntimeError):
-                    self._overlay.ring = None
-                    self._overlay.update()
+                    self._ring.ring = None
+                    self._ring.place()
 
     def hide(self) -> None:
         """Take the flash and the line away."""
         self._timer.stop()
         self.showing = False
-        if self._overlay is not None:
+        for w in self._overlays or ():
             with contextlib.suppress(RuntimeError):
-                self._overlay.hide()
+                w.hide()
 
     def close(self) -> None:
         """Hide and stop following the camera (the dock closes)."""

@@ -81,6 +81,10 @@ class LayerBridge:
 
     #: Longest wait after a layer closes before the session lets it go (no frame came).
     SETTLE_MS = 250
+    #: How long an answer's repaint of the view waits, gathering the answers that follow
+    #: (ms). The key's own feedback (the gallery tile, the flash) is painted first; the
+    #: canvas, about 27 ms a frame with llvmpipe, then draws once for all of them.
+    PAINT_MS = 40
 
     def __init__(
         self,
@@ -106,6 +110,11 @@ class LayerBridge:
         self._settle.setSingleShot(True)
         self._settle.setInterval(self.SETTLE_MS)
         self._settle.timeout.connect(self._settled)
+        self._pending: dict[tuple[str, int], str | None] = {}  # cells to repaint in the view
+        self._paint = QTimer(host)
+        self._paint.setSingleShot(True)
+        self._paint.setInterval(self.PAINT_MS)
+        self._paint.timeout.connect(self.flush_paints)
         viewer.layers.events.inserted.connect(self.sync)
         viewer.layers.events.removed.connect(self._on_removed)
 
@@ -236,6 +245,9 @@ class LayerBridge:
     def write(self, keys: Iterable[str] | None = None) -> None:
         """Write the session's ``pheno_*`` columns into the layers of ``keys`` (all when
         ``None``) and repaint their phenotype views."""
+        wanted = None if keys is None else set(keys)
+        # the write paints every cell of those images: their waiting repaints are done
+        self._pending = {k: v for k, v in self._pending.items() if wanted is not None and k[0] not in wanted}
         for layer in self.layers():
             key = self._keys[id(layer)]
             if (keys is not None and key not in keys) or key not in self.session.images:
@@ -256,8 +268,26 @@ class LayerBridge:
             finally:
                 self._writing = False
 
-    def paint_cell(self, key: str, label: int, cls: str | None) -> None:
-        """Repaint one cell of the view (its answer), without touching the rest."""
+    def paint_cell(self, key: str, label: int, cls: str | None, now: bool = False) -> None:
+        """Repaint one cell of the view (its answer), without touching the rest: within
+        :data:`PAINT_MS`, with the answers that came meanwhile (``now``: at once)."""
+        self._pending[(str(key), int(label))] = cls
+        if now:
+            self.flush_paints()
+            return
+        with contextlib.suppress(RuntimeError):  # the dock (and its timer) was deleted
+            if not self._paint.isActive():
+                self._paint.start()
+
+    def flush_paints(self) -> None:
+        """Paint the answers waiting for the view now."""
+        with contextlib.suppress(RuntimeError):
+            self._paint.stop()
+        pending, self._pending = self._pending, {}
+        for (key, label), cls in pending.items():
+            self._paint_cell(key, label, cls)
+
+    def _paint_cell(self, key: str, label: int, cls: str | None) -> None:
         layer = self.layer_of(key)
         if layer is None:
             return

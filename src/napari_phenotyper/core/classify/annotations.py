@@ -668,7 +668,10 @@ class AnnotationStore:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the session as JSON, atomically (its folder is created when missing)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        # compact, so json uses its C encoder (with an indent it runs in Python: 5 ms a key
+        # press in the 100k-cell Gallery benchmark, against 0.5 ms)
+        text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        return atomic_write_text(path, text)
 
     @classmethod
     def load(cls, path: str | os.PathLike, autosave: bool = True) -> AnnotationStore:
