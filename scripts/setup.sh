@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Set up napari-phenotyper in ./.venv on a fresh Debian/Ubuntu machine.
-#   bash scripts/setup.sh          the package and the offline sample data
+#   bash scripts/setup.sh          the package, a Qt binding (for .venv/bin/napari) and the sample data
 #   bash scripts/setup.sh --test   + test tools, and the system libraries headless Qt needs
 # Versions come from constraints/ci.txt (torch pinned to the CPU build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="samples"
+extras="qt,samples"
 extra_pkgs=()
 if [[ "${1:-}" == "--test" ]]; then
-  extras="testing,samples"
+  extras="qt,testing,samples"
   # The deep-learning backends' tests: TensorFlow (CPU build) for StarDist, cellpose 3 with the
   # CPU build of torch (versions in constraints/ci.txt).
   extra_pkgs=(tensorflow-cpu cellpose torch)

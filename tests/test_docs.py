@@ -130,3 +130,21 @@ def test_readme_links_into_docs_exist():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     for ref in re.findall(r"\]\((docs/[^)#\s]+)", text):
         assert (REPO / ref).exists(), f"the README links to {ref}, which does not exist"
+
+
+def test_the_setup_script_installs_a_qt_binding_for_the_guides_napari():
+    """README and the guide say `bash scripts/setup.sh`, then `.venv/bin/napari`: napari
+    stops without a Qt binding, so the script must install the `qt` extra (a new user
+    met that ImportError)."""
+    guide = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "scripts/setup.sh`, then `.venv/bin/napari`" in guide
+    assert "`.venv/bin/napari`" in readme
+    script = (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    extras = re.findall(r'^\s*extras="([^"]+)"', script, re.MULTILINE)
+    assert extras and all("qt" in e.split(",") for e in extras), extras
+    with open(REPO / "pyproject.toml", "rb") as f:
+        import tomllib
+
+        qt = tomllib.load(f)["project"]["optional-dependencies"]["qt"]
+    assert any(dep.lower().startswith(("pyqt", "pyside")) for dep in qt), qt

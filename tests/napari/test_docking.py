@@ -15,7 +15,7 @@ from napari_phenotyper._napari.phenotype_widget import PhenotypeWidget
 from napari_phenotyper._napari.sample_data import nuclei_sample
 from napari_phenotyper._napari.segment_widget import SegmentWidget
 
-DOCKS = ["Segment & measure", "Cell table", "Phenotypes", "Plots", "Batch", "Fine-tune"]
+DOCKS = ["Segment & measure", "Cell table", "Phenotypes", "Plots", "Batch", "Fine-tune", "Gallery"]
 LONE_AMPERSAND = re.compile(r"(?<!&)&(?!&)")  # Qt would show "Segment _measure"
 
 
@@ -46,7 +46,7 @@ def test_all_docks_open_fit_1280x800(make_napari_viewer, qtbot):
     tabs = [t for t in window.findChildren(QTabBar) if t.count() == len(DOCKS)]
     assert len(tabs) == 1
     assert [tabs[0].tabText(i) for i in range(tabs[0].count())] == [n.replace("&", "&&") for n in DOCKS]
-    assert tabs[0].tabText(tabs[0].currentIndex()) == "Fine-tune"
+    assert tabs[0].tabText(tabs[0].currentIndex()) == DOCKS[-1]
     for name in ("Segment & measure", "Phenotypes", "Batch", "Fine-tune"):
         inner = widgets[name]
         inner = getattr(inner, "native", inner)

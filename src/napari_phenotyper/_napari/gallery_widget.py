@@ -34,6 +34,7 @@ import napari
 
 from ..core.classify.workflow import PAGE_SIZE
 from ..core.gallery import ORDERS, SOURCES, Channel, Tile, cell_plane, crop_box, page_tiles, thumbnail
+from .docking import settle_when_docked
 from .layers import fly_to_cell
 from .phenotype_widget import PhenotypeWidget, find_phenotypes
 
@@ -174,6 +175,7 @@ class GalleryWidget(QWidget):
         self._poll.start()
         threading.Thread(target=_warm_up_kmeans, name="gallery-warm-up", daemon=True).start()
         self._follow_session()
+        settle_when_docked(self)  # a tab beside our other docks, not a split of the side
 
     # ---- widgets -------------------------------------------------------------------
     def _build(self) -> None:
@@ -290,6 +292,14 @@ class GalleryWidget(QWidget):
                     combo.setCurrentText(current)
                 combo.blockSignals(False)
         self._restyle()
+        if not self.tiles:  # no page yet: say what is missing, if anything
+            if self.session is None:
+                hint = "Open the Phenotypes dock and add classes, then press Show."
+            elif not names:
+                hint = "Add classes in the Phenotypes dock, then press Show."
+            else:
+                hint = f"Press Show for a page of cells: {self.source.currentText().lower()}."
+            self.status.setText(hint)
 
     def review(self, true: str, predicted: str) -> list[Tile]:
         """Show the cells annotated ``true`` that the cross-validation called ``predicted``
