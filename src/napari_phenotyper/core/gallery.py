@@ -33,7 +33,7 @@ SOURCES = {
     "confused": "Annotated as… but cross-validated as…",
 }
 #: Orders of the ``predicted`` source.
-ORDERS = {"uncertain": "most uncertain first", "confident": "most confident first", "random": "at random"}
+ORDERS = {"uncertain": "uncertain first", "confident": "confident first", "random": "at random"}
 
 
 @dataclass(frozen=True)
