@@ -197,9 +197,12 @@ class GalleryWidget(QWidget):
         for k, name in ORDERS.items():
             self.order.addItem(name, k)
         self.order.setToolTip("Order of the predicted cells")
-        for w in (self.cls, self.as_cls, self.order):
+        for w in (self.cls, self.as_cls):
             w.setMinimumContentsLength(6)
             which.addWidget(w, 1)
+        # its names in full ("uncertain first" was clipped); the class combos share the rest
+        self.order.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        which.addWidget(self.order)
         outer.addLayout(which)
         row = QHBoxLayout()
         self.size = QSpinBox()
