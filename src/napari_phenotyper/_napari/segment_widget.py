@@ -17,7 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, Pro
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QComboBox, QMessageBox
+from qtpy.QtWidgets import QMessageBox
 
 from ..core.channels import clean_channel_name, default_channel_names
 from ..core.features import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS
@@ -107,8 +107,6 @@ class SegmentWidget(Container):
             choices=[(s.display_name, n) for n, s in specs.items()],
             value="classical" if "classical" in specs else None,
         )
-        # as wide as its longest name ("Classical (threshold + watershed)" was clipped at 1280x800)
-        self.segmenter.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.dims = dims_combo()  # shown for stacks: 2D per plane or 3D volume
         self.params_box = Container(labels=False)
         self.estimate = PushButton(text="Estimate diameter now")
