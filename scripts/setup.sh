@@ -39,6 +39,9 @@ if [[ ! -x .venv/bin/uv ]]; then
 fi
 find_links=()
 [[ -d /opt/wheels ]] && find_links=(--find-links /opt/wheels)  # local CPU torch wheel, where there is one
-.venv/bin/uv pip install -q --python .venv/bin/python "${find_links[@]}" -c constraints/ci.txt \
+# --compile-bytecode: Python's caches are written once, here, not on each first import (or on
+# every import, where PYTHONDONTWRITEBYTECODE is set: napari's first sample and Plots dock
+# froze 2-3 s longer compiling pandas and matplotlib from source)
+.venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python "${find_links[@]}" -c constraints/ci.txt \
   --overrides constraints/overrides.txt -e ".[${extras}]" "${extra_pkgs[@]}"
 echo "napari-phenotyper $(.venv/bin/python -c 'import napari_phenotyper as p; print(p.__version__)') is set up in .venv"

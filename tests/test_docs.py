@@ -143,6 +143,7 @@ def test_the_setup_script_installs_a_qt_binding_for_the_guides_napari():
     script = (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8")
     extras = re.findall(r'^\s*extras="([^"]+)"', script, re.MULTILINE)
     assert extras and all("qt" in e.split(",") for e in extras), extras
+    assert "--compile-bytecode" in script  # no first-import compile of napari, pandas, ...
     with open(REPO / "pyproject.toml", "rb") as f:
         import tomllib
 
