@@ -268,13 +268,10 @@ class LayerBridge:
             finally:
                 self._writing = False
 
-    def paint_cell(self, key: str, label: int, cls: str | None, now: bool = False) -> None:
+    def paint_cell(self, key: str, label: int, cls: str | None) -> None:
         """Repaint one cell of the view (its answer), without touching the rest: within
-        :data:`PAINT_MS`, with the answers that came meanwhile (``now``: at once)."""
+        :data:`PAINT_MS`, with the answers that came meanwhile (:meth:`flush_paints`)."""
         self._pending[(str(key), int(label))] = cls
-        if now:
-            self.flush_paints()
-            return
         with contextlib.suppress(RuntimeError):  # the dock (and its timer) was deleted
             if not self._paint.isActive():
                 self._paint.start()
